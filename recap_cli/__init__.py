@@ -1,0 +1,1 @@
+"""The `recap` command line: a thin Typer app over `recap_core`."""

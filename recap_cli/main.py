@@ -1,0 +1,84 @@
+"""`recap`: one command for the whole RECAP loop.
+
+Subcommands live one module per noun in `recap_cli/commands/`; each module exposes
+`register(app)`. They import `recap_core` (and through it jax, lerobot, torch) lazily inside
+the command bodies, so `recap --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from recap_cli import commands, output
+from recap_core import __version__
+from recap_core.errors import RecapError
+
+app = typer.Typer(
+    name="recap",
+    help=(
+        "The RECAP loop (pi0.6 offline RL) for VLA policies, on JAX.\n\n"
+        "Convert robot episodes, train pi0.5/pi0.6 policies and a value model, relabel advantages, "
+        "serve to robots over the openpi websocket protocol.\n\n"
+        "Start with:  recap doctor"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"recap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="More detail; full tracebacks on errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    output.state["verbose"] = verbose
+
+
+def _register_commands() -> None:
+    for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if mod.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"recap_cli.commands.{mod.name}")
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console entry point: runs the app and turns user mistakes into a red panel + exit 2."""
+    if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+        output.state["verbose"] = True
+    try:
+        app()
+    except RecapError as exc:
+        if output.state["verbose"]:
+            traceback.print_exc()
+        output.error_panel(exc.message, exc.fix)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        output.err_console.print("[red]interrupted[/red]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

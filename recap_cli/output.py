@@ -1,0 +1,65 @@
+"""Shared output conventions for every subcommand.
+
+- People get rich tables and progress bars on stderr/stdout.
+- Scripts pass `--json` and get exactly one JSON document on stdout (nothing else there).
+- User mistakes (`RecapError`) become one red panel on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Set by the global `-v/--verbose` flag (see main.py).
+state: dict[str, Any] = {"verbose": False}
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def print_json(result: Any) -> None:
+    """Write one JSON document to stdout (the `--json` contract)."""
+    sys.stdout.write(json.dumps(result, default=_jsonable, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """Print `result` as JSON when asked, else with the human renderer."""
+    if as_json:
+        print_json(result)
+    else:
+        render(result)
+
+
+def error_panel(message: str, fix: str | None = None, title: str = "error") -> None:
+    body = message if not fix else f"{message}\n\n[bold]Fix:[/bold] {fix}"
+    err_console.print(Panel(body, title=f"[bold red]{title}[/bold red]", border_style="red", expand=False))
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def info(message: str) -> None:
+    err_console.print(message)

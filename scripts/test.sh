@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up the environment and run the whole test suite. Extra arguments go to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "no tests were collected: that is a failure" >&2
+  exit 1
+fi
+exit "$rc"
