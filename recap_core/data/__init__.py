@@ -1,0 +1,1 @@
+"""LeRobot datasets with the RECAP columns: schema, conversion, merge, stats, inspection, loading."""

@@ -1,0 +1,1 @@
+"""Advantage labelling with the value model (Stage 5)."""

@@ -1,0 +1,1 @@
+"""openpi-compatible websocket policy serving."""

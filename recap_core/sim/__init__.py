@@ -1,0 +1,1 @@
+"""The built-in toy robot task for the demo and closed-loop evaluation."""

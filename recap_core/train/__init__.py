@@ -1,0 +1,1 @@
+"""One training loop for sft, finetune and value training."""

@@ -1,0 +1,1 @@
+"""Loading openpi checkpoints and the VLM bundle; converting checkpoints."""
