@@ -1,0 +1,463 @@
+"""Open, validate, read and write LeRobot datasets: the layer every stage goes through.
+
+- `open_dataset(path)` reads `meta/info.json`, checks the format version and returns a `DatasetInfo`.
+- `require_columns(info, columns, stage=...)` names the command that produces a missing column.
+- `validate_dataset(info)` runs the bad-input checks (dtypes, NaN/inf, value_label range, empty
+  episodes, truncated parquet, missing video files) before a stage spends time on the data.
+- `read_columns(info, columns)` reads the tabular (non-video) columns per episode with pyarrow,
+  without lerobot, so labelers and stats do not pay for video decoding.
+- `new_dataset` / `write_episode` write a v3.0 dataset through `LeRobotDataset.create`.
+
+Frames are always decoded with `video_backend="pyav"` (torchcodec needs a system FFmpeg).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recap_core.data import schema
+from recap_core.errors import DatasetError
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+V30 = "v3.0"
+V21 = "v2.1"
+SUPPORTED_VERSIONS = (V30, V21)
+IMAGE_PREFIX = "observation.images."
+STATE = "observation.state"
+ACTION = "action"
+# Columns lerobot adds to every dataset.
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+# Video codec for datasets we write: h264 encodes and decodes everywhere through PyAV's bundled
+# FFmpeg and, unlike SVT-AV1, does not print encoder banners on stderr.
+DEFAULT_VCODEC = "h264"
+
+# Which command produces each column a stage may need; used in missing-column errors.
+PRODUCED_BY: dict[str, str] = {
+    schema.INTERVENTION: "recap convert lerobot IN OUT --intervention COLUMN (or recap convert aloha-hdf5)",
+    schema.REWARD: "recap convert lerobot IN OUT --success all|COLUMN|FILE",
+    schema.REWARD_LABEL: "recap convert lerobot IN OUT --success all|COLUMN|FILE",
+    schema.VALUE_LABEL: "recap convert lerobot IN OUT --success all|COLUMN|FILE",
+    schema.ADV_IND: "recap convert lerobot IN OUT (initial labels), then recap value label",
+    STATE: "the robot recorder (rename your state column to observation.state)",
+    ACTION: "the robot recorder (rename your action column to action)",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a stage needs to know about a dataset before reading it."""
+
+    root: Path
+    version: str
+    fps: int
+    features: dict[str, dict]
+    camera_keys: tuple[str, ...]  # full feature names, e.g. "observation.images.cam_high"
+    video_keys: tuple[str, ...]
+    state_dim: int | None
+    action_dim: int | None
+    episodes: int
+    frames: int
+    tasks: tuple[str, ...]
+    robot_type: str | None = None
+    info: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """Short camera names ("cam_high"), as users type them."""
+        return tuple(k.removeprefix(IMAGE_PREFIX) for k in self.camera_keys)
+
+    @property
+    def has_recap_columns(self) -> bool:
+        return all(c in self.features for c in schema.RECAP_COLUMNS)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "version": self.version,
+            "fps": self.fps,
+            "episodes": self.episodes,
+            "frames": self.frames,
+            "cameras": list(self.cameras),
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+            "tasks": list(self.tasks),
+            "robot_type": self.robot_type,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening
+
+
+def read_info_json(root: Path) -> dict:
+    """`meta/info.json`, or a DatasetError saying why the directory is not a LeRobot dataset."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset directory {root} does not exist", fix="check the path")
+    path = root / "meta" / "info.json"
+    if not path.is_file():
+        raise DatasetError(
+            f"{root} is not a LeRobot dataset: {path} is missing",
+            fix="point at the dataset root (the folder holding meta/, data/ and videos/)",
+        )
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc})", fix="restore meta/info.json from a backup") from exc
+    for key in ("codebase_version", "fps", "features"):
+        if key not in info:
+            raise DatasetError(f"{path} has no {key!r} key", fix="this is not a LeRobot info.json; re-create the dataset")
+    return info
+
+
+def dataset_version(root: Path) -> str:
+    """'v3.0' or 'v2.1'; any other version is a DatasetError with the way forward."""
+    info = read_info_json(root)
+    version = str(info["codebase_version"])
+    if version not in SUPPORTED_VERSIONS:
+        raise DatasetError(
+            f"{root / 'meta' / 'info.json'} has codebase_version {version!r}; recap reads v3.0 and v2.1",
+            fix="upgrade older datasets with lerobot's converters to v2.1 first, then: recap convert v21-to-v30 IN OUT",
+        )
+    return version
+
+
+def open_dataset(root: Path, *, version: str | None = V30) -> DatasetInfo:
+    """Read and check the metadata of a dataset; `version=None` accepts v2.1 and v3.0."""
+    root = Path(root)
+    found = dataset_version(root)
+    if version is not None and found != version:
+        fix = (
+            f"convert it first: recap convert v21-to-v30 {root} {root}_v30"
+            if found == V21
+            else f"convert it first: recap convert v30-to-v21 {root} {root}_v21"
+        )
+        raise DatasetError(f"{root} is a LeRobot {found} dataset; this command needs {version}", fix=fix)
+    info = read_info_json(root)
+    features = info["features"]
+    camera_keys = tuple(k for k, f in features.items() if f.get("dtype") in ("video", "image"))
+    video_keys = tuple(k for k in camera_keys if features[k]["dtype"] == "video")
+    return DatasetInfo(
+        root=root,
+        version=found,
+        fps=int(info["fps"]),
+        features=features,
+        camera_keys=camera_keys,
+        video_keys=video_keys,
+        state_dim=_vector_dim(features, STATE),
+        action_dim=_vector_dim(features, ACTION),
+        episodes=int(info.get("total_episodes", 0)),
+        frames=int(info.get("total_frames", 0)),
+        tasks=tuple(_read_tasks(root, found)),
+        robot_type=info.get("robot_type"),
+        info=info,
+    )
+
+
+def _vector_dim(features: dict, key: str) -> int | None:
+    if key not in features:
+        return None
+    shape = features[key]["shape"]
+    return int(shape[0]) if len(shape) == 1 else int(np.prod(shape))
+
+
+def _read_tasks(root: Path, version: str) -> list[str]:
+    """Task strings ordered by task_index."""
+    if version == V21:
+        path = root / "meta" / "tasks.jsonl"
+        if not path.is_file():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r["task"] for r in sorted(rows, key=lambda r: r["task_index"])]
+    path = root / "meta" / "tasks.parquet"
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing", fix="the dataset is incomplete; re-create or re-download it")
+    # A pandas DataFrame indexed by the task string: columns task_index + __index_level_0__.
+    table = _read_parquet(path)
+    names = [c for c in table.column_names if c != "task_index"]
+    index = table.column("task_index").to_pylist()
+    tasks = table.column(names[0]).to_pylist() if names else []
+    return [t for _, t in sorted(zip(index, tasks, strict=True))]
+
+
+def camera_keys_for(info: DatasetInfo, cameras: Iterable[str]) -> list[str]:
+    """Feature names for camera names given by a user ("cam_high" or the full key)."""
+    keys = []
+    for cam in cameras:
+        key = cam if cam.startswith(IMAGE_PREFIX) else IMAGE_PREFIX + cam
+        if key not in info.camera_keys:
+            raise DatasetError(
+                f"camera {cam!r} is not in {info.root} (it has: {', '.join(info.cameras) or 'no cameras'})",
+                fix="pass one of the dataset's camera names",
+            )
+        keys.append(key)
+    return keys
+
+
+def require_columns(info: DatasetInfo, columns: Iterable[str], *, stage: str) -> None:
+    """Raise a DatasetError naming the first missing column and the command that produces it."""
+    missing = [c for c in columns if c not in info.features]
+    if missing:
+        producer = PRODUCED_BY.get(missing[0], "the tool that recorded the dataset")
+        raise DatasetError(
+            f"{info.root} has no column {missing[0]!r}"
+            + (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else "")
+            + f", which `{stage}` needs",
+            fix=f"add it with: {producer}",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tabular columns
+
+
+def _read_parquet(path: Path, columns: Sequence[str] | None = None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(
+            f"{path} cannot be read as parquet ({exc}); it is truncated or corrupt",
+            fix="restore the file from a backup or re-create the dataset",
+        ) from exc
+
+
+def data_files(info: DatasetInfo) -> list[Path]:
+    files = sorted((info.root / "data").glob("**/*.parquet"))
+    if not files:
+        raise DatasetError(f"{info.root / 'data'} holds no parquet files", fix="the dataset is incomplete; re-create it")
+    return files
+
+
+def read_table(info: DatasetInfo, columns: Sequence[str] | None = None):
+    """All frames of the dataset as one pyarrow Table, ordered by global `index`."""
+    import pyarrow as pa
+
+    if columns is not None:
+        require_columns(info, [c for c in columns if c not in INDEX_COLUMNS], stage="reading the dataset")
+        columns = list(dict.fromkeys([*columns, "episode_index", "index"]))
+    tables = [_read_parquet(p, columns) for p in data_files(info)]
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    return table.sort_by("index")
+
+
+def column_array(table, name: str) -> np.ndarray:
+    """A column as numpy: scalars -> [N], fixed-size lists -> [N, D], strings -> object [N]."""
+    import pyarrow as pa
+
+    col = table.column(name).combine_chunks()
+    if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
+        return np.asarray(col.to_pylist(), dtype=np.float64 if pa.types.is_floating(col.type.value_type) else None)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return np.asarray(col.to_pylist(), dtype=object)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def read_columns(info: DatasetInfo, columns: Sequence[str]) -> dict[int, dict[str, np.ndarray]]:
+    """Tabular columns per episode: {episode_index: {column: array [T, ...]}} in frame order.
+
+    List columns come back as float64/ints [T, D]; use `read_table` + `column_array` for the
+    whole dataset at once.
+    """
+    table = read_table(info, columns)
+    episode = table.column("episode_index").to_numpy()
+    arrays = {c: column_array(table, c) for c in columns}
+    out: dict[int, dict[str, np.ndarray]] = {}
+    bounds = np.flatnonzero(np.diff(episode)) + 1
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(episode)], strict=True):
+        out[int(episode[start])] = {c: a[start:stop] for c, a in arrays.items()}
+    return out
+
+
+def episode_lengths(info: DatasetInfo) -> dict[int, int]:
+    """{episode_index: number of frames} from the data itself (not the metadata)."""
+    table = read_table(info, ["episode_index"])
+    eps, counts = np.unique(table.column("episode_index").to_numpy(), return_counts=True)
+    return {int(e): int(c) for e, c in zip(eps, counts, strict=True)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate_dataset(info: DatasetInfo, *, columns: Sequence[str] = (), check_videos: bool = True) -> None:
+    """The bad-input checks every stage runs before it starts; raises DatasetError on the first.
+
+    Checks: every parquet reads (not truncated), declared dtypes of the RECAP columns, no NaN/inf
+    in numeric columns among `columns` (+ state/action), value_label within [-1, 0], adv_ind values,
+    every metadata episode has frames, and every video file the metadata names exists.
+    """
+    require_columns(info, columns, stage="this command")
+    for name in schema.RECAP_COLUMNS:
+        if name in info.features:
+            want = schema.RECAP_FEATURES[name]["dtype"]
+            got = info.features[name].get("dtype")
+            if got != want:
+                raise DatasetError(
+                    f"column {name!r} in {info.root / 'meta' / 'info.json'} has dtype {got!r}; expected {want!r}",
+                    fix="re-create the RECAP columns with: recap convert lerobot IN OUT",
+                )
+    numeric = [c for c in (*columns, STATE, ACTION) if c in info.features and info.features[c]["dtype"] not in ("string", "video", "image")]
+    numeric = list(dict.fromkeys(numeric))
+    present = [c for c in (*numeric, schema.ADV_IND) if c in info.features]
+    table = read_table(info, present)
+    for name in numeric:
+        values = column_array(table, name).astype(np.float64, copy=False)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            ep = int(table.column("episode_index")[row].as_py())
+            raise DatasetError(
+                f"column {name!r} has NaN/inf values (first at episode {ep}, global index {int(table.column('index')[row].as_py())})",
+                fix="fix or drop that episode in the source data and convert again",
+            )
+        if name == schema.VALUE_LABEL and (values.min() < -1 - 1e-6 or values.max() > 1e-6):
+            raise DatasetError(
+                f"column 'value_label' spans [{values.min():.4g}, {values.max():.4g}]; expected values in [-1, 0]",
+                fix="recompute the labels: recap convert lerobot IN OUT --success ...",
+            )
+    if schema.ADV_IND in info.features and schema.ADV_IND in table.column_names:
+        values = set(table.column(schema.ADV_IND).to_pylist())
+        unknown = values - set(schema.ADV_VALUES)
+        if unknown:
+            raise DatasetError(
+                f"column 'adv_ind' holds {sorted(map(str, unknown))}; expected only {list(schema.ADV_VALUES)}",
+                fix="relabel with: recap value label, or recompute with: recap convert lerobot IN OUT",
+            )
+    if info.version == V30:
+        _check_episodes(info, table)
+        if check_videos:
+            _check_video_files(info)
+
+
+def _episodes_meta(info: DatasetInfo):
+    files = sorted((info.root / "meta" / "episodes").glob("**/*.parquet"))
+    if not files:
+        raise DatasetError(f"{info.root / 'meta' / 'episodes'} holds no parquet files", fix="the dataset is incomplete; re-create it")
+    import pyarrow as pa
+
+    tables = []
+    for path in files:
+        table = _read_parquet(path)
+        tables.append(table.select([c for c in table.column_names if not c.startswith("stats/")]))
+    return pa.concat_tables(tables, promote_options="default").sort_by("episode_index")
+
+
+def _check_episodes(info: DatasetInfo, table) -> None:
+    meta = _episodes_meta(info)
+    lengths = dict(zip(*np.unique(table.column("episode_index").to_numpy(), return_counts=True), strict=True))
+    for ep, length in zip(meta.column("episode_index").to_pylist(), meta.column("length").to_pylist(), strict=True):
+        if length == 0 or lengths.get(ep, 0) == 0:
+            raise DatasetError(
+                f"episode {ep} of {info.root} has no frames",
+                fix="drop empty episodes from the source before converting",
+            )
+        if lengths[ep] != length:
+            raise DatasetError(
+                f"episode {ep} has {lengths[ep]} frames in data/ but meta/episodes says {length}",
+                fix="the dataset is inconsistent; re-create it",
+            )
+
+
+def _check_video_files(info: DatasetInfo) -> None:
+    if not info.video_keys:
+        return
+    meta = _episodes_meta(info)
+    template = info.info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    for key in info.video_keys:
+        chunks = meta.column(f"videos/{key}/chunk_index").to_pylist()
+        files = meta.column(f"videos/{key}/file_index").to_pylist()
+        for ep, c, f in zip(meta.column("episode_index").to_pylist(), chunks, files, strict=True):
+            path = info.root / template.format(video_key=key, chunk_index=c, file_index=f)
+            if not path.is_file():
+                raise DatasetError(
+                    f"video file {path} (camera {key}, episode {ep}) is missing",
+                    fix="restore the videos/ folder or re-create the dataset",
+                )
+
+
+def check_finite(name: str, values: np.ndarray, where: str) -> None:
+    """Raise on NaN/inf in `values` (used by converters before writing)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        first = np.argwhere(~np.isfinite(arr))[0].tolist()
+        raise DatasetError(f"{where}: {name} has NaN/inf (first at {first})", fix="fix or drop that episode in the source data")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def camera_feature(height: int, width: int, use_videos: bool = True) -> dict:
+    return {"dtype": "video" if use_videos else "image", "shape": (height, width, 3), "names": ["height", "width", "channels"]}
+
+
+def vector_feature(dim: int, dtype: str = "float32", names: Sequence[str] | None = None) -> dict:
+    return {"dtype": dtype, "shape": (dim,), "names": list(names) if names is not None else None}
+
+
+def new_dataset(
+    root: Path,
+    *,
+    fps: int,
+    features: dict[str, dict],
+    robot_type: str | None = None,
+    use_videos: bool = True,
+    with_recap: bool = True,
+    vcodec: str = DEFAULT_VCODEC,
+) -> LeRobotDataset:
+    """A new, empty v3.0 dataset at `root` (which must not exist) with the RECAP columns added."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    feats = {k: dict(v) for k, v in features.items() if k not in INDEX_COLUMNS}
+    if with_recap:
+        feats.update({k: dict(v) for k, v in schema.RECAP_FEATURES.items()})
+    return LeRobotDataset.create(
+        repo_id=f"local/{Path(root).name}",
+        fps=int(fps),
+        features=feats,
+        root=root,
+        robot_type=robot_type,
+        use_videos=use_videos,
+        vcodec=vcodec,
+        video_backend="pyav",
+    )
+
+
+def write_episode(
+    ds: LeRobotDataset,
+    arrays: dict[str, np.ndarray],
+    tasks: str | Sequence[str],
+    labels: schema.EpisodeLabels | None = None,
+) -> None:
+    """Append one episode: `arrays` maps each feature to [T, ...] values (images uint8 HWC)."""
+    lengths = {k: len(v) for k, v in arrays.items()}
+    length = next(iter(lengths.values()))
+    if any(n != length for n in lengths.values()):
+        raise DatasetError(f"episode arrays have different lengths: {lengths}", fix="give every feature one row per frame")
+    for t in range(length):
+        frame: dict[str, Any] = {}
+        for key, values in arrays.items():
+            spec = ds.features[key]
+            value = values[t]
+            if spec["dtype"] == "string":
+                frame[key] = str(value)
+            elif spec["dtype"] in ("video", "image"):
+                frame[key] = np.asarray(value, dtype=np.uint8)
+            else:
+                frame[key] = np.asarray(value, dtype=spec["dtype"]).reshape(spec["shape"])
+        if labels is not None:
+            frame.update(labels.frame(t))
+        frame["task"] = tasks if isinstance(tasks, str) else str(tasks[t])
+        ds.add_frame(frame)
+    ds.save_episode()
