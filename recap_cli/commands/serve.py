@@ -1,0 +1,150 @@
+"""`recap serve`: serve a run (or zero actions) to robots over the openpi websocket protocol."""
+
+from __future__ import annotations
+
+import importlib.util
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from recap_cli.output import err_console, info, print_json
+
+if TYPE_CHECKING:
+    from recap_core.serve.policy import Policy
+
+
+class AdvInd(StrEnum):
+    positive = "positive"
+    negative = "negative"
+    none = "none"
+
+
+class BuiltinPolicy(StrEnum):
+    zeros = "zeros"
+
+
+def _parse_action_shape(text: str | None) -> tuple[int, int]:
+    from recap_core.errors import ServeError
+
+    parts = (text or "").replace("x", ",").split(",")
+    try:
+        horizon, dim = (int(p) for p in parts)
+    except ValueError:
+        raise ServeError(
+            f"--action-shape {text!r} is not H,D",
+            fix="give the action chunk shape, e.g. --action-shape 50,14",
+        ) from None
+    return horizon, dim
+
+
+def _make_policy(
+    run_or_ckpt: Path | None,
+    policy: BuiltinPolicy | None,
+    action_shape: str | None,
+    default_adv_ind: AdvInd,
+    require_adv_ind: bool,
+    cfg_beta: float,
+    num_steps: int,
+    preflight: bool,
+) -> Policy:
+    from recap_core.errors import ServeError
+
+    if policy is not None and run_or_ckpt is not None:
+        raise ServeError("give either RUN_OR_CKPT or --policy, not both", fix="drop one of them")
+    if policy is BuiltinPolicy.zeros:
+        from recap_core.serve.policy import ZerosPolicy
+
+        if action_shape is None:
+            raise ServeError("--policy zeros needs --action-shape H,D", fix="e.g. --action-shape 50,14")
+        return ZerosPolicy(*_parse_action_shape(action_shape))
+    if run_or_ckpt is None:
+        raise ServeError(
+            "nothing to serve: give a run directory or --policy zeros",
+            fix="recap serve runs/pi06  or  recap serve --policy zeros --action-shape 50,14",
+        )
+    if action_shape is not None:
+        raise ServeError("--action-shape is only for --policy zeros", fix="a run's action shape comes from its config")
+    if preflight and importlib.util.find_spec("recap_core.doctor") is not None:
+        from recap_core.doctor import preflight as run_preflight
+
+        run_preflight("serve", run_dir=run_or_ckpt)
+    from recap_core.serve.loading import ServeOptions, load_policy
+
+    options = ServeOptions(
+        default_adv_ind=default_adv_ind.value,
+        require_adv_ind=require_adv_ind,
+        cfg_beta=cfg_beta,
+        num_steps=num_steps,
+    )
+    return load_policy(run_or_ckpt, options)
+
+
+def serve(
+    run_or_ckpt: Annotated[
+        Path | None,
+        typer.Argument(help="A recap run directory (latest checkpoint) or <run>/checkpoints/<step>.", show_default=False),
+    ] = None,
+    policy: Annotated[
+        BuiltinPolicy | None,
+        typer.Option("--policy", help="Serve a built-in policy instead of a checkpoint (zeros: zero actions)."),
+    ] = None,
+    action_shape: Annotated[
+        str | None, typer.Option("--action-shape", help="H,D of the action chunk for --policy zeros, e.g. 50,14.")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0 picks a free one and prints it).")] = 8000,
+    default_adv_ind: Annotated[
+        AdvInd, typer.Option("--default-adv-ind", help="adv_ind for observations that carry none (in the metadata).")
+    ] = AdvInd.positive,
+    require_adv_ind: Annotated[
+        bool, typer.Option("--require-adv-ind", help="Answer observations without adv_ind with an error.")
+    ] = False,
+    cfg_beta: Annotated[
+        float, typer.Option("--cfg-beta", help="Classifier-free guidance weight; > 1 turns CFG on.")
+    ] = 1.0,
+    num_steps: Annotated[int, typer.Option("--num-steps", help="Flow-matching denoising steps.")] = 10,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="RECAP_SERVE_API_KEY", help="Refuse clients without 'Authorization: Api-Key KEY'."),
+    ] = None,
+    max_message_mb: Annotated[
+        float, typer.Option("--max-message-mb", help="Largest request accepted; bigger ones close that connection.")
+    ] = 64.0,
+    no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the doctor checks.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="When ready, print {url, health_url, metadata} as one JSON document.")
+    ] = False,
+) -> None:
+    """Serve a policy over the openpi websocket protocol until Ctrl-C / SIGTERM.
+
+    Any openpi client (openpi_client.WebsocketClientPolicy, limb's OpenPIClient) connects
+    unchanged. Observations without adv_ind get --default-adv-ind (announced in the metadata).
+    GET /healthz answers 200. SIGTERM finishes in-flight requests, then exits.
+
+    Example:  recap serve runs/pi06-recap --port 8000   (or: recap serve --policy zeros --action-shape 50,14)
+    """
+    from recap_core.serve.client import health_url
+    from recap_core.serve.server import PolicyServer, ServerConfig
+
+    config = ServerConfig(
+        host=host, port=port, api_key=api_key, max_message_bytes=max(1024, int(max_message_mb * 1024 * 1024))
+    )
+    with err_console.status("loading and warming up the policy"):
+        served = _make_policy(
+            run_or_ckpt, policy, action_shape, default_adv_ind, require_adv_ind, cfg_beta, num_steps, not no_preflight
+        )
+    server = PolicyServer(served, config)
+
+    def ready(srv: PolicyServer) -> None:
+        if as_json:
+            print_json({"url": srv.url, "health_url": health_url(srv.url), "metadata": served.metadata})
+        info(f"[green]serving[/green] {srv.url}  (health: {health_url(srv.url)}; Ctrl-C or SIGTERM to stop)")
+
+    server.run(on_ready=ready)
+    info("server stopped")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

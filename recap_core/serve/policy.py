@@ -1,0 +1,129 @@
+"""What the server serves: the `Policy` protocol, the zeros policy and the model-backed policy.
+
+A policy is anything with a `metadata` dict (sent to each client on connect) and
+`infer(obs) -> {"actions": float32[H, D], ...}`. `ModelPolicy` is the one a checkpoint becomes:
+it maps the wire observation to the batch contract (`observation.prepare_observation`),
+normalises the state, calls the model's sampler and un-normalises the actions. The model
+itself is one callable, so plugging a new model in means writing one `sample_actions` function.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from recap_core.serve.observation import (
+    ObservationSpec,
+    RequestError,
+    example_observation,
+    prepare_observation,
+)
+
+# batch (see docs/internals.md, leading dim 1) -> actions float[1, H, A_model] or [H, A_model]
+SampleActions = Callable[[dict[str, Any]], np.ndarray]
+# normalise the raw state / un-normalise model actions (openpi norm_stats.json semantics)
+ArrayTransform = Callable[[np.ndarray], np.ndarray]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything the websocket server can serve."""
+
+    metadata: dict[str, Any]
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def warm_up(policy: Policy) -> None:
+    """Run one inference so compilation happens before the port opens, not on a robot's first step."""
+    make_example = getattr(policy, "example_observation", None)
+    if callable(make_example):
+        policy.infer(make_example())
+
+
+class ZerosPolicy:
+    """Answers every observation with zero actions of a fixed shape.
+
+    For wiring up a robot (ports, message shapes, control loop timing) before any checkpoint
+    exists. It accepts any observation dict.
+    """
+
+    def __init__(self, action_horizon: int, action_dim: int) -> None:
+        if action_horizon < 1 or action_dim < 1:
+            raise RequestError(
+                f"action shape must be positive, got {action_horizon},{action_dim}",
+                fix="pass --action-shape H,D, e.g. --action-shape 50,14",
+            )
+        self._actions = np.zeros((action_horizon, action_dim), np.float32)
+        self._actions.setflags(write=False)
+        self.metadata: dict[str, Any] = {
+            "policy": "zeros",
+            "action_horizon": action_horizon,
+            "action_dim": action_dim,
+        }
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(obs, Mapping):
+            raise RequestError(f"an observation must be a dict, got {type(obs).__name__}")
+        return {"actions": self._actions}
+
+    def example_observation(self) -> dict[str, Any]:
+        return {}
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+class ModelPolicy:
+    """A trained model behind the wire format: validate + map the request, sample, post-process."""
+
+    def __init__(
+        self,
+        spec: ObservationSpec,
+        sample_actions: SampleActions,
+        *,
+        action_horizon: int,
+        action_dim: int,
+        normalize_state: ArrayTransform | None = None,
+        unnormalize_actions: ArrayTransform | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._sample_actions = sample_actions
+        self._normalize_state = normalize_state or _identity
+        self._unnormalize_actions = unnormalize_actions or _identity
+        self.action_horizon = action_horizon
+        self.action_dim = action_dim
+        self.metadata = {
+            "action_horizon": action_horizon,
+            "action_dim": action_dim,
+            **spec.describe(),
+            **(metadata or {}),
+        }
+
+    def example_observation(self) -> dict[str, Any]:
+        return example_observation(self.spec)
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        batch = prepare_observation(obs, self.spec)
+        batch["state"] = np.asarray(self._normalize_state(batch["state"]), np.float32)
+        actions = np.asarray(self._sample_actions(batch))
+        if actions.ndim == 3:
+            actions = actions[0]
+        actions = np.asarray(self._unnormalize_actions(actions), np.float32)
+        if actions.ndim != 2 or actions.shape[0] != self.action_horizon or actions.shape[1] < self.action_dim:
+            # The model broke its own contract: a bug, not a user mistake, so no RequestError.
+            raise ValueError(
+                f"model returned actions of shape {list(actions.shape)}, "
+                f"expected [{self.action_horizon}, >={self.action_dim}]"
+            )
+        # Models pad the action dim (e.g. 32); the robot gets its own D, as openpi's AlohaOutputs does.
+        return {
+            "actions": np.ascontiguousarray(actions[:, : self.action_dim]),
+            "policy_timing": {"infer_ms": (time.perf_counter() - start) * 1000.0},
+        }
