@@ -1,0 +1,96 @@
+"""Small, atomic, resumable checkpoints with orbax `CheckpointManager`.
+
+Each `<run>/checkpoints/<step>/` holds two items:
+- `state`: the train state pytree (trainable params, EMA, optimiser state, step, rng);
+- `meta`:  JSON (format, stage, preset, step, data position, the frozen base's identity).
+Frozen params are never written: `meta.base` records where they came from and their
+fingerprint, and loading checks the re-attached base against it. Orbax writes each step into
+a temporary directory and renames it when complete, so a crash mid-save leaves the previous
+step as the latest loadable one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from recap_core.config import CheckpointConfig
+from recap_core.errors import CheckpointError
+
+FORMAT = "recap-train-state/1"
+
+
+class RunCheckpoints:
+    """The checkpoints of one run directory."""
+
+    def __init__(self, directory: Path, config: CheckpointConfig | None = None, *, read_only: bool = False):
+        config = config or CheckpointConfig()
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_last,
+            keep_period=config.keep_every,
+            enable_async_checkpointing=config.async_save and not read_only,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        meta = {"format": FORMAT, "step": int(step), **meta}
+        self.manager.save(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{self.directory / str(step)} is not a recap training checkpoint (meta format "
+                f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})",
+                fix="pass a directory written by `recap sft`, `recap finetune` or `recap value train`",
+            )
+        return meta
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore onto the shardings given by `abstract_state` (ShapeDtypeStructs with sharding)."""
+        meta = self.read_meta(step)
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} does not match this model's trainable params: {exc}",
+                fix="use the same preset (and freeze mode) as the run that wrote it",
+            ) from exc
+        return restored.state, meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs carrying each array's sharding: the restore target for `tree`."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def checkpoint_bytes(step_dir: Path) -> int:
+    """Bytes on disk of one checkpoint step directory."""
+    return sum(p.stat().st_size for p in Path(step_dir).rglob("*") if p.is_file())

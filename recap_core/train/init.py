@@ -1,0 +1,180 @@
+"""Where a run's weights start: `--init random | base | PATH`, and loading a finished run.
+
+`random` initialises on device. `PATH` is a previous recap run (its directory, its
+`checkpoints/` folder or one `checkpoints/<step>/`): its full model is rebuilt (its own base
+re-attached and checked, then its trained params, EMA when it has one) and copied by param
+path into the new model; params the new model has and the source lacks are allowed only for
+LoRA adapters (they start fresh, as openpi's weight loader does). `base` loads the published
+weights through `recap_core.weights` (pi0.5 base for policies, the VLM bundle for the value
+model).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx, traverse_util
+from jax.sharding import Mesh
+
+from recap_core.config import RunConfig, load_run_config
+from recap_core.errors import CheckpointError
+from recap_core.train.checkpoint import RunCheckpoints
+from recap_core.train.state import ModelParts, fingerprint, init_parts
+from recap_core.train.step import abstract_train_state
+from recap_core.train.task import Task
+
+TaskFactory = Callable[[RunConfig], Task]
+POLICY_STAGES = ("sft", "finetune")
+
+
+def stage_family(stage: str) -> str:
+    return "policy" if stage in POLICY_STAGES else "value"
+
+
+def resolve_run_path(path: Path) -> tuple[Path, int | None]:
+    """`run/`, `run/checkpoints/` or `run/checkpoints/<step>/` -> (run dir, step or None=latest)."""
+    path = Path(path).expanduser().absolute()
+    if (path / "config.json").is_file():
+        return path, None
+    if path.name == "checkpoints" and (path.parent / "config.json").is_file():
+        return path.parent, None
+    if path.name.isdigit() and (path.parent.parent / "config.json").is_file():
+        return path.parent.parent, int(path.name)
+    if (path / "params").is_dir() or (path / "_CHECKPOINT_METADATA").is_file():
+        raise CheckpointError(
+            f"{path} looks like an openpi/orbax checkpoint, not a recap run",
+            fix="load openpi checkpoints with --init base (RECAP_PI05_BASE_DIR) or convert them first",
+        )
+    raise CheckpointError(
+        f"--init {path}: not a recap run directory (expected config.json there, or a "
+        "checkpoints/<step> folder inside a run)",
+        fix="pass the --run-dir of a finished `recap sft/finetune/value train`, or --init random",
+    )
+
+
+def _latest_step(run_dir: Path, step: int | None) -> int:
+    ckpts = RunCheckpoints(run_dir / "checkpoints", read_only=True)
+    steps = ckpts.steps() if (run_dir / "checkpoints").is_dir() else []
+    if not steps:
+        raise CheckpointError(
+            f"run {run_dir} has no finished checkpoint", fix="train it longer or pass another run to --init"
+        )
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise CheckpointError(
+            f"run {run_dir} has no checkpoint at step {step} (it has {steps})", fix="pick one of those steps"
+        )
+    return step
+
+
+def _load_base_weights(config: RunConfig, parts: ModelParts, mesh: Mesh) -> tuple[ModelParts, dict[str, Any]]:
+    family = stage_family(config.stage)
+    module_name = "recap_core.weights.pi05_base" if family == "policy" else "recap_core.weights.vlm_bundle"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise CheckpointError(
+            f"--init base: the {family} base-weight loader ({module_name}) is not available in this install",
+            fix="use --init random, or --init PATH with a previous recap run",
+        ) from exc
+    loader = getattr(module, "load_into_parts", None)
+    if loader is None:
+        raise CheckpointError(
+            f"--init base: {module_name} has no load_into_parts(config, parts, mesh)",
+            fix="use --init random, or --init PATH with a previous recap run",
+        )
+    return loader(config, parts, mesh)
+
+
+def build_parts(
+    config: RunConfig, task: Task, mesh: Mesh, task_factory: TaskFactory
+) -> tuple[ModelParts, dict[str, Any]]:
+    """The model for a new (or resumed) run, and the identity of its frozen base."""
+    parts = init_parts(task, config.seed, mesh)
+    if config.init == "random":
+        base: dict[str, Any] = {"kind": "random", "seed": config.seed}
+    elif config.init == "base":
+        parts, base = _load_base_weights(config, parts, mesh)
+    else:
+        run_dir, step = resolve_run_path(Path(config.init))
+        source_config = load_run_config(run_dir / "config.json")
+        if stage_family(source_config.stage) != stage_family(config.stage):
+            raise CheckpointError(
+                f"--init {config.init} is a {stage_family(source_config.stage)} run "
+                f"(`{source_config.stage}`, preset {source_config.preset}); `{config.stage}` needs a "
+                f"{stage_family(config.stage)} run",
+                fix=(
+                    "pass a run of `recap sft` or `recap finetune`"
+                    if stage_family(config.stage) == "policy"
+                    else "pass a run of `recap value train`"
+                ),
+            )
+        step = _latest_step(run_dir, step)
+        source = load_parts(run_dir, step, mesh, task_factory=task_factory, use_ema=True)
+        parts = copy_by_path(source, parts, origin=f"{run_dir} step {step}")
+        base = {"kind": "run", "path": str(run_dir), "step": step}
+    base["fingerprint"] = fingerprint(parts.frozen)
+    return parts, base
+
+
+def check_base(base: dict[str, Any], recorded: dict[str, Any], where: Path) -> None:
+    """Fail when the frozen base re-attached now differs from the one the checkpoint trained on."""
+    if base.get("fingerprint") != recorded.get("fingerprint"):
+        raise CheckpointError(
+            f"the frozen base of {where} changed since it was saved: recorded "
+            f"{recorded.get('kind')} {recorded.get('path', '')} fingerprint "
+            f"{str(recorded.get('fingerprint'))[:16]}, found {str(base.get('fingerprint'))[:16]}",
+            fix="restore the base weights (or source run) that this run was trained from, unchanged",
+        )
+
+
+def _flat(state: nnx.State) -> dict[tuple[str, ...], Any]:
+    return traverse_util.flatten_dict(nnx.to_pure_dict(state))
+
+
+def copy_by_path(source: ModelParts, target: ModelParts, *, origin: str) -> ModelParts:
+    """Target params take the source's values (same path, same shape), on the target's shardings."""
+    src = {**_flat(source.trainable), **_flat(source.frozen)}
+
+    def fill(state: nnx.State) -> nnx.State:
+        flat = _flat(state)
+        for path, leaf in flat.items():
+            if path in src:
+                value = src[path]
+                if tuple(value.shape) != tuple(leaf.shape):
+                    raise CheckpointError(
+                        f"--init {origin}: param {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
+                        f"this model expects {tuple(leaf.shape)}",
+                        fix="initialise from a run of a preset with the same architecture",
+                    )
+                flat[path] = jax.device_put(value.astype(leaf.dtype), leaf.sharding)
+            elif not any("lora" in str(p) for p in path):
+                raise CheckpointError(
+                    f"--init {origin}: the source has no param {'/'.join(map(str, path))}",
+                    fix="initialise from a run of a preset with the same architecture (only LoRA adapters may be new)",
+                )
+        nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
+        return state
+
+    return ModelParts(target.graphdef, fill(target.trainable), fill(target.frozen))
+
+
+def load_parts(
+    run_dir: Path, step: int | None, mesh: Mesh, *, task_factory: TaskFactory, use_ema: bool = True
+) -> ModelParts:
+    """A finished run's full model: base re-attached (and checked), trained params restored."""
+    run_dir, _ = resolve_run_path(run_dir) if step is None else (Path(run_dir), step)
+    config = load_run_config(run_dir / "config.json")
+    step = _latest_step(run_dir, step)
+    task = task_factory(config)
+    parts, base = build_parts(config, task, mesh, task_factory)
+    ckpts = RunCheckpoints(run_dir / "checkpoints", config.checkpoint, read_only=True)
+    state, meta = ckpts.restore(step, abstract_train_state(parts, config))
+    check_base(base, meta.get("base", {}), run_dir / "checkpoints" / str(step))
+    trained = state["ema"] if use_ema and "ema" in state else state["params"]
+    return ModelParts(parts.graphdef, trained, parts.frozen)

@@ -1,0 +1,222 @@
+"""The training loop shared by `recap sft`, `recap finetune` and `recap value train`.
+
+Read it top to bottom: resolve the run directory, build the mesh and the model (straight into
+sharded device arrays), restore the last checkpoint when resuming, then step, log, validate and
+checkpoint. Everything stage-specific lives in the `Task` and the data it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from recap_core.config import RunConfig
+from recap_core.errors import CheckpointError, OutputExistsError
+from recap_core.fsutil import atomic_output_dir
+from recap_core.train.checkpoint import RunCheckpoints, checkpoint_bytes
+from recap_core.train.init import TaskFactory, build_parts, check_base
+from recap_core.train.metrics import MetricsLog
+from recap_core.train.sharding import (
+    local_batch_size,
+    make_mesh,
+    maybe_initialize_distributed,
+    process_info,
+    to_global,
+)
+from recap_core.train.state import count_params
+from recap_core.train.step import abstract_train_state, init_train_state, make_eval_loss, make_train_step
+from recap_core.train.task import Batch, BatchSource, Task
+from recap_core.train.validation import run_validation
+
+
+@dataclass
+class TrainingJob:
+    """A stage's task plus its data: the only stage-specific input to `train`."""
+
+    task: Task
+    task_factory: TaskFactory
+    train_data: BatchSource
+    val_batches: Callable[[], Iterable[Batch]] | None = None
+    assets: dict[str, str] = field(default_factory=dict)
+    """Files written under `<run>/assets/` (relative path -> text), e.g. norm_stats.json."""
+
+
+@dataclass
+class StepEvent:
+    step: int
+    total: int
+    metrics: dict[str, float]
+    steps_per_s: float
+    kind: str = "train"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    stage: str
+    preset: str
+    start_step: int
+    final_step: int
+    first_loss: float | None
+    final_loss: float | None
+    trainable_params: int
+    frozen_params: int
+    checkpoint_step: int | None
+    checkpoint_bytes: int | None
+    val: dict[str, float]
+    seconds: float
+    steps_per_s: float
+
+
+def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str], *, resume: bool, overwrite: bool) -> bool:
+    """Create (or, with --resume, reuse) the run directory. Returns True when resuming."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and resume:
+        if not (run_dir / "config.json").is_file():
+            raise CheckpointError(
+                f"--resume: {run_dir} is not a recap run (no config.json)", fix="pass the run's --run-dir"
+            )
+        return True
+    if run_dir.exists() and not overwrite:
+        raise OutputExistsError(
+            f"run directory {run_dir} already exists",
+            fix="pass --resume to continue it, --overwrite to start over, or choose another --run-dir",
+        )
+    if jax.process_index() == 0:
+        with atomic_output_dir(run_dir, overwrite=overwrite) as tmp:
+            (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+            for rel, text in assets.items():
+                path = tmp / "assets" / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            (tmp / "checkpoints").mkdir()
+    return False
+
+
+def _host_rng(config: RunConfig, step: int) -> np.random.Generator:
+    """Host-side randomness (prompt dropout) keyed by (seed, step, process): resumes exactly."""
+    return np.random.default_rng([config.seed, step, jax.process_index()])
+
+
+def _batches(source: BatchSource) -> Iterator[Batch]:
+    """Loop over the data forever; the source keeps its own position (epoch, offset)."""
+    while True:
+        empty = True
+        for batch in source:
+            empty = False
+            yield batch
+        if empty:
+            raise CheckpointError("the training data yielded no batch", fix="check the dataset and --batch-size")
+
+
+def train(
+    job: TrainingJob,
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> TrainResult:
+    t_start = time.perf_counter()
+    maybe_initialize_distributed(config.distributed)
+    run_dir = Path(run_dir).absolute()
+    resuming = prepare_run_dir(run_dir, config, job.assets, resume=resume, overwrite=overwrite)
+    local_batch_size(config.batch_size, config.grad_accum)  # fail early on an impossible split
+    mesh = make_mesh(config.fsdp_devices)
+    task = job.task
+
+    parts, base = build_parts(config, task, mesh, job.task_factory)
+    ckpts = RunCheckpoints(run_dir / "checkpoints", config.checkpoint)
+    start_step = ckpts.latest_step() if resuming else None
+    if start_step is not None:
+        state, meta = ckpts.restore(start_step, abstract_train_state(parts, config))
+        check_base(base, meta.get("base", {}), run_dir / "checkpoints" / str(start_step))
+        if meta.get("data") is not None:
+            job.train_data.load_state_dict(meta["data"])
+    else:
+        state = init_train_state(parts, config)
+        start_step = 0
+
+    train_step = make_train_step(task, parts, config)
+    eval_loss = make_eval_loss(task, parts)
+    log = MetricsLog(run_dir, config, enabled=jax.process_index() == 0)
+    batches = _batches(job.train_data)
+
+    def save(step: int) -> None:
+        ckpts.save(step, state, {
+            "stage": config.stage,
+            "preset": config.preset,
+            "data": job.train_data.state_dict(),
+            "base": base,
+            "ema": config.ema_decay is not None,
+            "process": process_info(),
+        })
+
+    first_loss: float | None = None
+    last_loss: float | None = None
+    val_metrics: dict[str, float] = {}
+    step = start_step
+    t_window, window_start = time.perf_counter(), step
+    steps_per_s = 0.0
+    try:
+        while step < config.steps:
+            batch = next(batches)
+            inputs = to_global(task.make_inputs(batch, _host_rng(config, step), train=True), mesh)
+            state, metrics = train_step(state, parts.frozen, inputs)
+            step += 1
+            if step == start_step + 1 or step % config.log_every == 0 or step == config.steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                steps_per_s = (step - window_start) / max(now - t_window, 1e-9)
+                t_window, window_start = now, step
+                first_loss = values["loss"] if first_loss is None else first_loss
+                last_loss = values["loss"]
+                log.write(step, values, steps_per_s=steps_per_s)
+                if on_event:
+                    on_event(StepEvent(step, config.steps, values, steps_per_s))
+            if job.val_batches is not None and (step % config.val.every == 0 or step == config.steps):
+                val_metrics = run_validation(task, parts, state, job.val_batches(), config, eval_loss, mesh)
+                log.write(step, val_metrics, split="val")
+                if on_event:
+                    on_event(StepEvent(step, config.steps, val_metrics, steps_per_s, kind="val"))
+            if step % config.checkpoint.every == 0 or step == config.steps:
+                save(step)
+    except KeyboardInterrupt:
+        # Keep the work done so far: --resume continues from here.
+        if step > start_step and ckpts.latest_step() != step:
+            save(step)
+        ckpts.wait()
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            ckpts.wait()
+        log.close()
+
+    last = ckpts.latest_step()
+    ckpts.close()
+    seconds = time.perf_counter() - t_start
+    return TrainResult(
+        run_dir=run_dir,
+        stage=config.stage,
+        preset=config.preset,
+        start_step=start_step,
+        final_step=step,
+        first_loss=first_loss,
+        final_loss=last_loss,
+        trainable_params=count_params(parts.trainable),
+        frozen_params=count_params(parts.frozen),
+        checkpoint_step=last,
+        checkpoint_bytes=checkpoint_bytes(run_dir / "checkpoints" / str(last)) if last is not None else None,
+        val=val_metrics,
+        seconds=seconds,
+        steps_per_s=steps_per_s,
+    )
+

@@ -1,0 +1,99 @@
+"""Model parameters on devices: abstract build, sharded init, the trainable/frozen split.
+
+The model is first built with `nnx.eval_shape` (no memory), its params are split into
+trainable (saved in checkpoints, updated) and frozen (the base: never updated, referenced by
+fingerprint), and the real init runs under `jax.jit` with `out_shardings`, so every array is
+created directly on its devices: the host never holds a full f32 copy of the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from recap_core.train.sharding import param_shardings
+from recap_core.train.task import Task
+
+
+@dataclass
+class ModelParts:
+    """A model split into its static graph, trainable params and everything else (frozen)."""
+
+    graphdef: Any
+    trainable: nnx.State
+    frozen: nnx.State
+
+    def merge(self, trainable: nnx.State | None = None) -> Any:
+        return nnx.merge(self.graphdef, self.trainable if trainable is None else trainable, self.frozen)
+
+
+def trainable_filter(task: Task) -> Any:
+    return nnx.All(nnx.Param, nnx.Not(task.frozen_filter()))
+
+
+def split_model(model: Any, task: Task) -> tuple[Any, nnx.State, nnx.State]:
+    return nnx.split(model, trainable_filter(task), ...)
+
+
+def abstract_parts(task: Task, seed: int) -> ModelParts:
+    """Shapes and dtypes only: nothing is allocated."""
+    abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(seed)))
+    graphdef, trainable, frozen = split_model(abstract, task)
+    return ModelParts(graphdef, trainable, frozen)
+
+
+def init_parts(task: Task, seed: int, mesh: Mesh) -> ModelParts:
+    """Random init, created straight into sharded device arrays."""
+    abstract = abstract_parts(task, seed)
+    shardings = (param_shardings(abstract.trainable, mesh), param_shardings(abstract.frozen, mesh))
+
+    def create() -> tuple[nnx.State, nnx.State]:
+        _, trainable, frozen = split_model(task.build_model(nnx.Rngs(seed)), task)
+        return trainable, frozen
+
+    trainable, frozen = jax.jit(create, out_shardings=shardings)()
+    return ModelParts(abstract.graphdef, trainable, frozen)
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def count_bytes(tree: Any) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+@jax.jit
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """Two order-sensitive uint32 sums of the raw bits: exact integer arithmetic, so the
+    result is the same on any device layout, and any changed bit changes it."""
+    bits = x.reshape(-1)
+    if bits.dtype.itemsize == 2:
+        bits = jax.lax.bitcast_convert_type(bits, jnp.uint16).astype(jnp.uint32)
+    elif bits.dtype.itemsize == 4:
+        bits = jax.lax.bitcast_convert_type(bits, jnp.uint32)
+    else:
+        bits = bits.astype(jnp.uint32)
+    idx = jnp.arange(bits.shape[0], dtype=jnp.uint32)
+    mixed = (bits ^ (idx * jnp.uint32(0x9E3779B1))) * jnp.uint32(0x85EBCA6B)
+    return jnp.stack([jnp.sum(mixed, dtype=jnp.uint32), jnp.sum(bits * (idx | 1), dtype=jnp.uint32)])
+
+
+def fingerprint(tree: Any) -> str:
+    """A content hash of a param tree, computed on device (no host copy of the params)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(f"{tuple(leaf.shape)}{leaf.dtype}".encode())
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if leaf.size:
+            h.update(np.asarray(_leaf_fingerprint(leaf)).tobytes())
+    return h.hexdigest()
