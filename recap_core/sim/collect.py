@@ -1,0 +1,141 @@
+"""Record toy-task episodes exactly as a robot operator's raw data: ALOHA/ACT HDF5 files.
+
+`collect_demos` records the scripted expert (the "human" teleoperating: every frame is an
+intervention); `collect` lets a policy act with the expert ready to take over (DAgger-style).
+Each episode becomes `RAW_DIR/episode_<k>.hdf5`::
+
+    /observations/qpos                float32 [T, S]
+    /observations/qvel                float32 [T, S]
+    /observations/images/<camera>     uint8   [T, H, W, 3]
+    /action                           float32 [T, A]
+    /intervention                     int64   [T]      1 = expert/human frame
+    attrs: success (bool), task (str: the prompt), sim (bool, as in ALOHA's own files)
+
+which `recap convert aloha-hdf5 RAW_DIR OUT --fps <task.fps>` turns into a LeRobot dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+
+from recap_core.fsutil import atomic_output_dir
+from recap_core.sim.rollout import Episode, InterventionRule, PolicyFn, run_episode
+from recap_core.sim.task import TaskSpec, get_task
+
+ProgressFn = Callable[[Episode], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectResult:
+    raw_dir: Path
+    task: str
+    fps: int
+    episodes: int
+    successes: int
+    frames: int
+    intervention_frames: int
+    takeovers: int
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+
+def episode_filename(index: int) -> str:
+    return f"episode_{index}.hdf5"
+
+
+def write_episode_hdf5(path: Path, episode: Episode) -> None:
+    """Write one episode in the ALOHA/ACT layout (images required)."""
+    if not episode.images:
+        raise ValueError("an episode written to HDF5 needs its images; run it with record_images=True")
+    with h5py.File(path, "w") as f:
+        f.attrs["sim"] = True
+        f.attrs["success"] = bool(episode.success)
+        f.attrs["task"] = episode.prompt
+        obs = f.create_group("observations")
+        obs.create_dataset("qpos", data=episode.qpos)
+        obs.create_dataset("qvel", data=episode.qvel)
+        images = obs.create_group("images")
+        for cam, frames in episode.images.items():
+            # One frame per chunk, as ALOHA's recorder does, so readers can stream frames.
+            images.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]))
+        f.create_dataset("action", data=episode.action)
+        f.create_dataset("intervention", data=episode.intervention)
+
+
+def _record(
+    task: TaskSpec | str,
+    episodes: int,
+    seed: int,
+    raw_dir: Path,
+    policy_fn: PolicyFn | None,
+    rule: InterventionRule | None,
+    replan_steps: int,
+    overwrite: bool,
+    progress: ProgressFn | None,
+    first_index: int,
+) -> CollectResult:
+    spec = get_task(task) if isinstance(task, str) else task
+    if episodes < 1:
+        raise ValueError("episodes must be >= 1")
+    successes = frames = flagged = takeovers = 0
+    with atomic_output_dir(Path(raw_dir), overwrite) as tmp:
+        for k in range(first_index, first_index + episodes):
+            episode = run_episode(spec, seed, k, policy_fn, rule=rule, replan_steps=replan_steps)
+            write_episode_hdf5(tmp / episode_filename(k), episode)
+            successes += int(episode.success)
+            frames += episode.length
+            flagged += int(episode.intervention.sum())
+            takeovers += episode.takeovers
+            if progress is not None:
+                progress(episode)
+    return CollectResult(Path(raw_dir), spec.name, spec.fps, episodes, successes, frames, flagged, takeovers)
+
+
+def collect_demos(
+    task: TaskSpec | str,
+    episodes: int,
+    seed: int,
+    raw_dir: Path,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> CollectResult:
+    """Expert demonstrations: every frame is flagged intervention=1."""
+    return _record(task, episodes, seed, raw_dir, None, None, 1, overwrite, progress, 0)
+
+
+def collect(
+    policy_fn: PolicyFn,
+    task: TaskSpec | str,
+    episodes: int,
+    seed: int,
+    raw_dir: Path,
+    *,
+    rule: InterventionRule | None = None,
+    replan_steps: int = 5,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    first_index: int = 0,
+) -> CollectResult:
+    """Policy rollouts with expert takeovers (DAgger-style corrections).
+
+    Use a different `seed` (or `first_index`) than the demos so rollouts start from new scenes.
+    """
+    return _record(
+        task,
+        episodes,
+        seed,
+        raw_dir,
+        policy_fn,
+        rule or InterventionRule(),
+        replan_steps,
+        overwrite,
+        progress,
+        first_index,
+    )
