@@ -119,9 +119,9 @@ def serve(
 ) -> None:
     """Serve a policy over the openpi websocket protocol until Ctrl-C / SIGTERM.
 
-    Any openpi client (openpi_client.WebsocketClientPolicy, limb's OpenPIClient) connects
-    unchanged. Observations without adv_ind get --default-adv-ind (announced in the metadata).
-    GET /healthz answers 200. SIGTERM finishes in-flight requests, then exits.
+    Any openpi client (openpi_client.WebsocketClientPolicy, limb's OpenPIClient) connects unchanged.
+
+    Observations without adv_ind get --default-adv-ind (announced in the metadata). GET /healthz answers 200. SIGTERM finishes in-flight requests, then exits.
 
     Example:  recap serve runs/pi06-recap --port 8000   (or: recap serve --policy zeros --action-shape 50,14)
     """
