@@ -61,7 +61,8 @@ class GatedPolicy:
 class BuggyPolicy:
     """Raises a non-user error when asked to, like a policy with a bug."""
 
-    metadata: dict[str, Any] = {"policy": "buggy"}
+    def __init__(self) -> None:
+        self.metadata: dict[str, Any] = {"policy": "buggy"}
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         if obs.get("boom"):

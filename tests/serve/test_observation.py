@@ -14,7 +14,14 @@ from recap_core.serve.observation import (
     resize_with_pad,
 )
 from recap_core.serve.policy import ModelPolicy, ZerosPolicy
-from tests.serve.policies import ACTION_DIM, HORIZON, STATE_DIM, echo_observation, expected_actions, state_echo_policy
+from tests.serve.policies import (
+    ACTION_DIM,
+    HORIZON,
+    STATE_DIM,
+    echo_observation,
+    expected_actions,
+    state_echo_policy,
+)
 
 SPEC = ObservationSpec(state_dim=STATE_DIM, image_size=(8, 8), default_prompt="test task")
 
