@@ -1,0 +1,128 @@
+"""The generic loop on a toy task: learning, freezing, EMA, accumulation, resume, run dirs, init."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from recap_core.errors import CheckpointError, OutputExistsError
+from recap_core.train.checkpoint import RunCheckpoints
+from recap_core.train.init import load_parts
+from recap_core.train.loop import train
+from recap_core.train.metrics import read_metrics
+from recap_core.train.sharding import make_mesh
+from recap_core.train.state import abstract_parts
+from tests.train.toy import ToyTask, toy_config, toy_job
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"}
+
+
+def test_trains_to_lower_loss_and_writes_the_run_dir(tmp_path: Path) -> None:
+    config = toy_config(steps=40, **{"checkpoint.every": 20, "optim.peak_lr": 3e-2})
+    result = train(toy_job(config), config, tmp_path / "run")
+    assert result.final_loss < 0.5 * result.first_loss
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["steps"] == 40
+    assert (run / "assets" / "norm_stats.json").is_file()
+    assert RunCheckpoints(run / "checkpoints", read_only=True).steps() == [20, 40]
+    records = read_metrics(run)
+    assert {"loss", "lr", "grad_norm", "param_norm", "steps_per_s", "mae"} <= set(records[0])
+    assert any(r["split"] == "val" for r in records)
+
+
+def test_frozen_params_stay_bit_identical_and_only_trainable_params_are_saved(tmp_path: Path) -> None:
+    config = toy_config(steps=3)
+    train(toy_job(config), config, tmp_path / "run")
+    mesh = make_mesh(1)
+    fresh = abstract_parts(ToyTask(), config.seed)
+    trained = load_parts(tmp_path / "run", None, mesh, task_factory=lambda c: ToyTask())
+    from recap_core.train.state import init_parts
+
+    initial = init_parts(ToyTask(), config.seed, mesh)
+    for a, b in zip(jax.tree.leaves(initial.frozen), jax.tree.leaves(trained.frozen), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(initial.trainable), jax.tree.leaves(trained.trainable), strict=True)
+    )
+    # The checkpoint holds the head only: no backbone kernel anywhere in it.
+    saved = list((tmp_path / "run" / "checkpoints" / "3").rglob("*"))
+    assert saved and not any("backbone" in p.read_bytes().decode("latin-1") for p in saved if p.is_file())
+    assert set(nnx.to_pure_dict(fresh.trainable)) == {"head"}
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    full = toy_config(steps=6)
+    train(toy_job(full), full, tmp_path / "full")
+    half = toy_config(steps=3)
+    train(toy_job(half), half, tmp_path / "split")
+    train(toy_job(full), full, tmp_path / "split", resume=True)
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "split")
+    for step in (4, 5, 6):
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+
+
+def test_existing_run_dir_is_refused_without_resume_or_overwrite(tmp_path: Path) -> None:
+    config = toy_config(steps=1)
+    train(toy_job(config), config, tmp_path / "run")
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(toy_job(config), config, tmp_path / "run")
+    result = train(toy_job(config), config, tmp_path / "run", overwrite=True)
+    assert result.start_step == 0
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
+    one = toy_config(steps=2, **{"optim.clip_norm": None})
+    two = toy_config(steps=2, grad_accum=2, **{"optim.clip_norm": None})
+    train(toy_job(one), one, tmp_path / "one")
+    train(toy_job(two), two, tmp_path / "two")
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert abs(a[2] - b[2]) < 1e-5
+
+
+def test_ema_is_saved_and_can_be_off(tmp_path: Path) -> None:
+    on, off = toy_config(steps=3, ema_decay=0.5), toy_config(steps=3, ema_decay=None)
+    train(toy_job(on), on, tmp_path / "on")
+    train(toy_job(off), off, tmp_path / "off")
+    mesh = make_mesh(1)
+    ema = load_parts(tmp_path / "on", None, mesh, task_factory=lambda c: ToyTask(), use_ema=True)
+    raw = load_parts(tmp_path / "on", None, mesh, task_factory=lambda c: ToyTask(), use_ema=False)
+    assert not np.array_equal(
+        np.asarray(jax.tree.leaves(ema.trainable)[0]), np.asarray(jax.tree.leaves(raw.trainable)[0])
+    )
+    assert (tmp_path / "on" / "checkpoints" / "3").is_dir() and (tmp_path / "off" / "checkpoints" / "3").is_dir()
+
+
+def test_init_from_a_run_and_a_changed_base_is_refused(tmp_path: Path) -> None:
+    src = toy_config(steps=3)
+    train(toy_job(src), src, tmp_path / "src")
+    child = toy_config(steps=3, init=str(tmp_path / "src"))
+    result = train(toy_job(child), child, tmp_path / "child")
+    assert result.first_loss < _losses(tmp_path / "src")[1]  # starts where the source got to
+    # The source run is replaced by a different one: the child's base no longer matches.
+    other = toy_config(steps=3, seed=7)
+    train(toy_job(other), other, tmp_path / "src", overwrite=True)
+    longer = toy_config(steps=6, init=str(tmp_path / "src"))
+    with pytest.raises(CheckpointError, match="frozen base"):
+        train(toy_job(longer), longer, tmp_path / "child", resume=True)
+
+
+def test_wrong_kind_of_init_is_refused(tmp_path: Path) -> None:
+    src = toy_config("value", steps=1)
+    train(toy_job(src), src, tmp_path / "value_run")
+    policy = toy_config("finetune", steps=1, init=str(tmp_path / "value_run"))
+    with pytest.raises(CheckpointError, match="is a value run"):
+        train(toy_job(policy), policy, tmp_path / "policy")
+    not_a_run = toy_config("sft", steps=1, init=str(tmp_path))
+    with pytest.raises(CheckpointError, match="not a recap run"):
+        train(toy_job(not_a_run), not_a_run, tmp_path / "policy2")
+    assert not (tmp_path / "policy").exists() or not RunCheckpoints(
+        tmp_path / "policy" / "checkpoints", read_only=True
+    ).steps()
