@@ -107,9 +107,12 @@ def norm_stats_to_json(stats: Mapping[str, NormStats]) -> dict[str, Any]:
 
 
 def save_norm_stats(path: str | Path, stats: Mapping[str, NormStats]) -> Path:
-    """Write `norm_stats.json` atomically (temp file + fsync + rename), indent 2 like openpi."""
+    """Write `norm_stats.json` atomically (temp file + fsync + rename), indent 2 like openpi.
+
+    A directory, or a path without a suffix (an openpi assets dir), gets `<path>/norm_stats.json`.
+    """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or not path.suffix:
         path = path / "norm_stats.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(norm_stats_to_json(stats), indent=2) + "\n")
