@@ -1,0 +1,178 @@
+"""`recap eval`: closed-loop success rate of a policy on the built-in toy task."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from recap_cli.output import console, emit, err_console
+from recap_core.sim.task import TASKS
+
+if TYPE_CHECKING:
+    from recap_core.sim.evaluate import EvalResult
+
+_TASK_HELP = (
+    "Toy task to run: " + "; ".join(f"{name} ({spec.description})" for name, spec in TASKS.items()) + "."
+)
+
+
+class AdvInd(StrEnum):
+    positive = "positive"
+    negative = "negative"
+    none = "none"
+
+
+def _check_source(run_or_ckpt: Path | None, server: str | None, expert: bool) -> None:
+    from recap_core.errors import ConfigError
+
+    given = [
+        name for name, on in (("RUN_OR_CKPT", run_or_ckpt), ("--server", server), ("--expert", expert)) if on
+    ]
+    if len(given) != 1:
+        raise ConfigError(
+            f"give exactly one policy to evaluate (a run directory, --server or --expert), got {given or 'none'}",
+            fix="recap eval runs/pi06 --task handover  |  recap eval --server ws://127.0.0.1:8000 --task handover"
+            "  |  recap eval --expert --task handover",
+        )
+    if run_or_ckpt is not None and not run_or_ckpt.exists():
+        raise ConfigError(
+            f"run directory or checkpoint {run_or_ckpt} does not exist",
+            fix="pass a recap run directory (with config.json) or <run>/checkpoints/<step>",
+        )
+
+
+def _render(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['policy']} on {result['task']} (seed {result['seed']})")
+    for column in ("variant", "episodes", "success rate", "95% CI", "mean length"):
+        table.add_column(column)
+    table.add_row(
+        "all",
+        str(result["episodes"]),
+        f"{result['success_rate']:.0%} ({result['successes']}/{result['episodes']})",
+        f"{result['ci_low']:.0%} – {result['ci_high']:.0%}",
+        f"{result['mean_length']:.1f}",
+    )
+    for name, row in result["by_variant"].items():
+        table.add_row(name, str(row["episodes"]), f"{row['success_rate']:.0%}", "", "")
+    console.print(table)
+    for path in result["videos"]:
+        console.print(f"video: {path}")
+
+
+def eval_command(
+    run_or_ckpt: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A recap run directory or <run>/checkpoints/<step>: served on a free loopback port for this run.",
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[str, typer.Option("--task", help=_TASK_HELP)] = "handover",
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Closed-loop episodes to run.")] = 50,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Episode k of a seed is the same scene for every policy.")
+    ] = 0,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="Evaluate the policy served at ws://HOST:PORT (e.g. by recap serve)."),
+    ] = None,
+    expert: Annotated[
+        bool,
+        typer.Option("--expert", help="Evaluate the scripted expert instead (a sanity check of the task)."),
+    ] = False,
+    adv_ind: Annotated[
+        AdvInd | None,
+        typer.Option("--adv-ind", help="adv_ind sent with each observation (default: the server's default)."),
+    ] = None,
+    replan_steps: Annotated[
+        int,
+        typer.Option("--replan-steps", min=1, help="Actions executed from each chunk before asking again."),
+    ] = 5,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="RECAP_SERVE_API_KEY", help="API key of the --server.")
+    ] = None,
+    video: Annotated[
+        Path | None,
+        typer.Option(
+            "--video", help="Save the head camera of the first episodes as GIFs in this new directory."
+        ),
+    ] = None,
+    video_episodes: Annotated[
+        int, typer.Option("--video-episodes", min=1, help="How many episodes --video films.")
+    ] = 3,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --video directory.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print {task, policy, success_rate, ci_low, ci_high, mean_length, outcomes, ...}."
+        ),
+    ] = False,
+) -> None:
+    """Closed-loop success rate (with a Wilson 95% interval) of a policy on the built-in toy task.
+
+    The policy is reached through the openpi websocket protocol, so a policy served anywhere can be evaluated; a run directory is served on a free loopback port while the evaluation runs.
+
+    Example:  recap eval --server ws://127.0.0.1:8000 --task handover --episodes 50 --json
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from recap_core.fsutil import check_output
+    from recap_core.sim.evaluate import evaluate
+    from recap_core.sim.remote import remote_policy, serve_run
+    from recap_core.sim.task import get_task
+
+    spec = get_task(task)
+    _check_source(run_or_ckpt, server, expert)
+    if video is not None:
+        check_output(video, overwrite)
+    adv = adv_ind.value if adv_ind is not None else None
+
+    with contextlib.ExitStack() as stack:
+        if expert:
+            policy_fn, name = None, "expert"
+        else:
+            if run_or_ckpt is not None:
+                with err_console.status(f"loading and serving {run_or_ckpt}"):
+                    url = stack.enter_context(serve_run(run_or_ckpt, default_adv_ind=adv or "positive"))
+                name = str(run_or_ckpt)
+            else:
+                url, name = str(server), str(server)
+            policy_fn = stack.enter_context(remote_policy(url, adv_ind=adv, api_key=api_key))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            bar = progress.add_task(f"evaluating on {spec.name}", total=episodes)
+            wins = 0
+
+            def advance(episode: Any) -> None:
+                nonlocal wins
+                wins += int(episode.success)
+                done = progress.tasks[0].completed + 1
+                progress.update(
+                    bar, advance=1, description=f"evaluating on {spec.name}: {wins}/{done} succeeded"
+                )
+
+            result: EvalResult = evaluate(
+                policy_fn,
+                spec,
+                episodes,
+                seed,
+                replan_steps=replan_steps,
+                video_dir=video,
+                video_episodes=video_episodes,
+                overwrite=overwrite,
+                policy_name=name,
+                progress=advance,
+            )
+    emit(result.as_dict(), as_json, _render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
