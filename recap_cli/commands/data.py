@@ -1,0 +1,131 @@
+"""`recap data`: inspect, merge and summarise LeRobot datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from recap_cli.output import console, emit, err_console
+
+data_app = typer.Typer(help="Inspect, merge and summarise datasets.", no_args_is_help=True)
+
+
+@data_app.command("stats")
+def stats(
+    dataset: Annotated[Path, typer.Argument(help="LeRobot v3.0 dataset directory.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write norm_stats.json here (a directory gets <dir>/norm_stats.json)."),
+    ] = None,
+    state_column: Annotated[str, typer.Option("--state-column", help="Column normalised as `state`.")] = "observation.state",
+    action_column: Annotated[str, typer.Option("--action-column", help="Column normalised as `actions`.")] = "action",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print the openpi document {"norm_stats": {"state": ..., "actions": ...}}.')
+    ] = False,
+) -> None:
+    """Normalisation stats (mean, std, q01, q99 per dimension) of state and actions, in openpi's
+    norm_stats.json layout: openpi reads the file we write and we read theirs.
+
+    Computed from the parquet columns (no video decoding); quantiles are exact.
+
+    Example:  recap data stats ./towels --output ./towels_assets/norm_stats.json
+    """
+    from recap_core.data.stats import compute_norm_stats, norm_stats_to_json, save_norm_stats
+    from recap_core.fsutil import check_output
+
+    target = None
+    if output is not None:
+        target = output / "norm_stats.json" if output.is_dir() or not output.suffix else output
+        check_output(target, overwrite)
+    with err_console.status(f"reading {dataset}"):
+        result = compute_norm_stats(dataset, {"state": state_column, "actions": action_column})
+    if target is not None:
+        save_norm_stats(target, result)
+
+    def render(doc: dict) -> None:
+        for key, entry in doc["norm_stats"].items():
+            table = Table(title=f"{key} ({len(entry['mean'])} dims)")
+            for name in ("dim", "mean", "std", "q01", "q99"):
+                table.add_column(name, justify="right")
+            for d in range(len(entry["mean"])):
+                table.add_row(str(d), *(f"{entry[n][d]:.4g}" for n in ("mean", "std", "q01", "q99")))
+            console.print(table)
+        if target is not None:
+            console.print(f"[green]wrote[/green] {target}")
+
+    emit(norm_stats_to_json(result), as_json, render)
+
+
+@data_app.command("inspect")
+def inspect(
+    dataset: Annotated[Path, typer.Argument(help="LeRobot dataset directory (v3.0 or v2.1).")],
+    ready_for: Annotated[
+        str | None,
+        typer.Option(
+            "--ready-for", help="Exit 1 unless the dataset is ready for this stage: sft, finetune, value_train, value_label."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report (schema: recap_core.data.inspect).")] = False,
+) -> None:
+    """Episodes, frames, fps, features, cameras, tasks, success rate, intervention fraction,
+    adv_ind counts, value_label range, and which stages the dataset is ready for (and why not).
+
+    Example:  recap data inspect ./towels --json
+    """
+    from recap_core.data.inspect import STAGES, inspect_dataset
+    from recap_core.errors import RecapError
+
+    if ready_for is not None and ready_for not in STAGES:
+        raise RecapError(f"--ready-for {ready_for!r} is not a stage", fix=f"use one of: {', '.join(STAGES)}")
+    report = inspect_dataset(dataset)
+    emit(report, as_json, _render_report)
+    if ready_for is not None and not report["ready"][ready_for]["ready"]:
+        raise typer.Exit(1)
+
+
+def _render_report(r: dict) -> None:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    summary = Table(title=f"{r['root']} (LeRobot {r['version']})", show_header=False)
+    length = r["episode_length"]
+    rows = [
+        ("episodes", str(r["episodes"])),
+        ("frames", f"{r['frames']}  (episode length {length['min']}..{length['max']}, mean {length['mean']:.1f})"),
+        ("fps", str(r["fps"])),
+        ("cameras", ", ".join(r["cameras"]) or "none"),
+        ("state / action dims", f"{r['state_dim']} / {r['action_dim']}"),
+        ("success rate", f"{pct(r['success_rate'])}" + (f"  ({r['successful_episodes']} episodes)" if r["success_rate"] is not None else "")),
+        ("intervention frames", pct(r["intervention_fraction"])),
+        ("adv_ind", "-" if r["adv_ind_counts"] is None else ", ".join(f"{k} {v}" for k, v in r["adv_ind_counts"].items())),
+        ("value_label range", "-" if r["value_label_range"] is None else "[{:.3f}, {:.3f}]".format(*r["value_label_range"])),
+        ("RECAP columns", ", ".join(c for c, ok in r["recap_columns"].items() if ok) or "none"),
+    ]
+    for row in rows:
+        summary.add_row(*row)
+    console.print(summary)
+
+    tasks = Table(title="tasks")
+    for name in ("index", "task", "episodes", "frames"):
+        tasks.add_column(name)
+    for t in r["tasks"]:
+        tasks.add_row(str(t["task_index"]), t["task"], str(t["episodes"]), str(t["frames"]))
+    console.print(tasks)
+
+    ready = Table(title="ready for")
+    for name in ("stage", "ready", "why not / fix"):
+        ready.add_column(name)
+    for stage, entry in r["ready"].items():
+        mark = "[green]yes[/green]" if entry["ready"] else "[red]no[/red]"
+        ready.add_row(stage, mark, "" if entry["ready"] else f"{entry['why']}\n[dim]{entry['fix']}[/dim]")
+    console.print(ready)
+    for problem in r["problems"]:
+        err_console.print(f"[yellow]problem:[/yellow] {problem}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,179 @@
+"""What a dataset holds and which RECAP stages it is ready for (`recap data inspect`).
+
+Reads only metadata and tabular parquet columns (never video), so it is fast on large datasets.
+
+JSON schema of `inspect_dataset(...)` (stable; `recap data inspect --json` prints exactly this):
+
+    root                   str      dataset directory
+    version                str      "v3.0" | "v2.1"
+    fps                    int
+    robot_type             str | null
+    episodes               int      episodes with frames in data/
+    frames                 int
+    episode_length         {"min": int, "mean": float, "max": int}
+    features               {name: {"dtype": str, "shape": [int, ...]}}   every feature in info.json
+    cameras                [str]    short names ("cam_high"), video or image features
+    state_dim, action_dim  int | null
+    tasks                  [{"task_index": int, "task": str, "episodes": int, "frames": int}]
+    recap_columns          {column: bool}   which of the five RECAP columns exist
+    success_rate           float | null     episodes whose last frame has reward > 0, over episodes (null: no reward)
+    successful_episodes    int | null
+    intervention_fraction  float | null     frames with intervention == 1, over frames (null: no intervention)
+    intervention_episodes  int | null       episodes with at least one intervention frame
+    adv_ind_counts         {"positive": int, "negative": int, "none": int} | null   (plus any unknown value)
+    value_label_range      [float, float] | null                                    [min, max]
+    problems               [str]    validation failures (NaN/inf, value_label out of [-1, 0], missing videos, ...)
+    ready                  {stage: {"ready": bool, "missing": [str], "why": str | null, "fix": str | null}}
+                           for stage in "sft", "finetune", "value_train", "value_label":
+                             sft          needs observation.state, action and at least one camera
+                             finetune     sft's needs + adv_ind with at least one positive/negative frame
+                             value_train  value_label + at least one camera
+                             value_label  reward_label + intervention (the N-step advantage inputs)
+                           training stages also need a v3.0 dataset that passes validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recap_core.data import schema
+from recap_core.errors import DatasetError
+
+STAGES = ("sft", "finetune", "value_train", "value_label")
+STAGE_COMMANDS = {
+    "sft": "recap sft",
+    "finetune": "recap finetune",
+    "value_train": "recap value train",
+    "value_label": "recap value label",
+}
+
+
+def inspect_dataset(root: str | Path) -> dict[str, Any]:
+    """The report described in the module docstring. Raises DatasetError if `root` is not a dataset."""
+    from recap_core.data.dataset import STATE, V30, open_dataset, read_table, validate_dataset
+
+    info = open_dataset(Path(root), version=None)
+    present = [c for c in schema.RECAP_COLUMNS if c in info.features]
+    table = read_table(info, ["frame_index", "task_index", *present])
+    episode = table.column("episode_index").to_numpy()
+    task_index = table.column("task_index").to_numpy()
+    starts = np.r_[0, np.flatnonzero(np.diff(episode)) + 1] if len(episode) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(episode)] if len(episode) else starts
+    lengths = ends - starts
+    cols = {c: _column(table, c) for c in present}
+
+    problems: list[str] = []
+    try:
+        validate_dataset(info)
+    except DatasetError as exc:
+        problems.append(exc.message)
+
+    report: dict[str, Any] = {
+        "root": str(info.root),
+        "version": info.version,
+        "fps": info.fps,
+        "robot_type": info.robot_type,
+        "episodes": len(starts),
+        "frames": len(episode),
+        "episode_length": (
+            {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())}
+            if len(lengths)
+            else {"min": 0, "mean": 0.0, "max": 0}
+        ),
+        "features": {k: {"dtype": f.get("dtype"), "shape": list(f.get("shape", []))} for k, f in info.features.items()},
+        "cameras": list(info.cameras),
+        "state_dim": info.state_dim,
+        "action_dim": info.action_dim,
+        "tasks": _tasks(info.tasks, task_index, episode, starts),
+        "recap_columns": {c: c in info.features for c in schema.RECAP_COLUMNS},
+        "success_rate": None,
+        "successful_episodes": None,
+        "intervention_fraction": None,
+        "intervention_episodes": None,
+        "adv_ind_counts": None,
+        "value_label_range": None,
+        "problems": problems,
+    }
+    if schema.REWARD in cols and len(starts):
+        success = cols[schema.REWARD][ends - 1] > 0
+        report["successful_episodes"] = int(success.sum())
+        report["success_rate"] = float(success.mean())
+    if schema.INTERVENTION in cols and len(episode):
+        flags = cols[schema.INTERVENTION] == 1
+        report["intervention_fraction"] = float(flags.mean())
+        report["intervention_episodes"] = int(np.add.reduceat(flags.astype(np.int64), starts).astype(bool).sum())
+    if schema.ADV_IND in cols:
+        counts = {v: 0 for v in schema.ADV_VALUES}
+        values, n = np.unique(cols[schema.ADV_IND].astype(str), return_counts=True)
+        counts.update({str(v): int(c) for v, c in zip(values, n, strict=True)})
+        report["adv_ind_counts"] = counts
+    if schema.VALUE_LABEL in cols and len(episode):
+        report["value_label_range"] = [float(cols[schema.VALUE_LABEL].min()), float(cols[schema.VALUE_LABEL].max())]
+
+    report["ready"] = readiness(report, is_v30=info.version == V30, state_key=STATE)
+    return report
+
+
+def _column(table: Any, name: str) -> np.ndarray:
+    col = table.column(name)
+    if name == schema.ADV_IND:
+        return np.asarray(col.to_pylist(), dtype=object)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _tasks(names: tuple[str, ...], task_index: np.ndarray, episode: np.ndarray, starts: np.ndarray) -> list[dict]:
+    out = []
+    for i, name in enumerate(names):
+        rows = task_index == i
+        out.append(
+            {
+                "task_index": i,
+                "task": name,
+                # An episode counts for the task of its first frame (episodes have one task in practice).
+                "episodes": int((task_index[starts] == i).sum()) if len(starts) else 0,
+                "frames": int(rows.sum()),
+            }
+        )
+    return out
+
+
+def readiness(report: dict[str, Any], *, is_v30: bool, state_key: str) -> dict[str, dict[str, Any]]:
+    """Per stage: ready or not, the missing columns, why, and the command that fixes it."""
+    from recap_core.data.dataset import ACTION, PRODUCED_BY
+
+    features = report["features"]
+    has_camera = bool(report["cameras"])
+    needs = {
+        "sft": [state_key, ACTION],
+        "finetune": [state_key, ACTION, schema.ADV_IND],
+        "value_train": [schema.VALUE_LABEL],
+        "value_label": [schema.REWARD_LABEL, schema.INTERVENTION],
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        missing = [c for c in needs[stage] if c not in features]
+        why: str | None = None
+        fix: str | None = None
+        if missing:
+            why = f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+            fix = f"add {missing[0]} with: {PRODUCED_BY.get(missing[0], 'the tool that recorded the dataset')}"
+        elif stage in ("sft", "finetune", "value_train") and not has_camera:
+            missing = ["observation.images.*"]
+            why = "no camera (video or image feature)"
+            fix = "record at least one camera as observation.images.<name>"
+        elif stage == "finetune" and report["adv_ind_counts"] is not None and not (
+            report["adv_ind_counts"].get(schema.ADV_POSITIVE) or report["adv_ind_counts"].get(schema.ADV_NEGATIVE)
+        ):
+            why = "adv_ind is 'none' on every frame, so there is nothing to condition on"
+            fix = "label advantages first: recap value label"
+        elif not is_v30:
+            why = "the dataset is LeRobot v2.1; training reads v3.0"
+            fix = f"convert it: recap convert v21-to-v30 {report['root']} {report['root']}_v30"
+        elif report["problems"]:
+            why = f"the dataset fails validation: {report['problems'][0]}"
+            fix = "repair the dataset (see the problem above) and inspect it again"
+        out[stage] = {"ready": why is None, "missing": missing, "why": why, "fix": fix}
+    return out
