@@ -13,8 +13,9 @@ Frames are always decoded with `video_backend="pyav"` (torchcodec needs a system
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ import numpy as np
 
 from recap_core.data import schema
 from recap_core.errors import DatasetError
+from recap_core.fsutil import atomic_output_dir
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -406,6 +408,32 @@ def vector_feature(dim: int, dtype: str = "float32", names: Sequence[str] | None
     return {"dtype": dtype, "shape": (dim,), "names": list(names) if names is not None else None}
 
 
+# Called after each episode is written: (episodes done, episodes in total).
+ProgressFn = Callable[[int, int], None]
+
+
+@contextlib.contextmanager
+def output_dataset_dir(out: Path, overwrite: bool = False, *, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """A not-yet-existing temporary root that becomes `out` in one rename when the block succeeds.
+
+    `LeRobotDataset.create` insists on creating its root itself, so the temporary directory made
+    by `atomic_output_dir` is removed again before it is handed out.
+    """
+    with atomic_output_dir(out, overwrite, inputs=inputs) as tmp:
+        tmp.rmdir()
+        yield tmp
+
+
+def quiet_writers() -> None:
+    """Silence per-episode encoder logs and `datasets` progress bars; our CLI shows its own progress."""
+    import av
+    import datasets
+
+    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_libav_level(av.logging.ERROR)  # lerobot restores FFmpeg's own logger after each encode
+    datasets.disable_progress_bars()
+
+
 def new_dataset(
     root: Path,
     *,
@@ -419,6 +447,7 @@ def new_dataset(
     """A new, empty v3.0 dataset at `root` (which must not exist) with the RECAP columns added."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    quiet_writers()
     feats = {k: dict(v) for k, v in features.items() if k not in INDEX_COLUMNS}
     if with_recap:
         feats.update({k: dict(v) for k, v in schema.RECAP_FEATURES.items()})

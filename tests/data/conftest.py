@@ -6,8 +6,11 @@ copies it first (`copy_dataset`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,17 @@ def tiny_aloha_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def copy_dataset(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def recap(*args: str) -> subprocess.CompletedProcess:
+    # A wide terminal so rich does not fold the long temp paths inside the error panel.
+    env = {**os.environ, "COLUMNS": "400", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "recap_cli.main", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()

@@ -1,0 +1,203 @@
+"""Raw ALOHA/ACT HDF5 episodes -> a LeRobot v3.0 dataset with the RECAP columns.
+
+Input layout (one file per episode, `RAW_DIR/episode_<k>.hdf5`, taken in order of k):
+    /observations/qpos              float [T, S]   -> observation.state
+    /observations/qvel              float [T, S]   -> observation.velocity   (optional)
+    /observations/images/<camera>   uint8 [T, H, W, 3] -> observation.images.<camera> (video)
+    /action                         float [T, A]   -> action
+    /intervention                   int/bool [T]   -> intervention (optional; default 0 = autonomous)
+    root attrs: success (bool, default True), task (str, overrides --task for that episode)
+
+Every file is checked (shapes, cameras, NaN/inf, empty episodes) before anything is written, so a
+bad episode stops the conversion up front with its file name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recap_core.data import schema
+from recap_core.data.dataset import (
+    ProgressFn,
+    camera_feature,
+    check_finite,
+    new_dataset,
+    open_dataset,
+    output_dataset_dir,
+    vector_feature,
+    write_episode,
+)
+from recap_core.errors import DatasetError
+
+EPISODE_FILE = re.compile(r"^episode_(\d+)\.hdf5$")
+
+
+@dataclass(frozen=True)
+class RawEpisode:
+    """What the first pass learns about one HDF5 episode (arrays are read again when writing)."""
+
+    path: Path
+    length: int
+    cameras: dict[str, tuple[int, int, int]]
+    state_dim: int
+    action_dim: int
+    has_qvel: bool
+    success: bool
+    task: str
+    intervention: np.ndarray
+
+
+def episode_files(raw_dir: Path) -> list[Path]:
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise DatasetError(f"raw episode directory {raw_dir} does not exist", fix="check the path")
+    found = [(int(m.group(1)), p) for p in raw_dir.iterdir() if (m := EPISODE_FILE.match(p.name))]
+    if not found:
+        raise DatasetError(
+            f"{raw_dir} holds no episode_<k>.hdf5 files",
+            fix="point at the folder with the recorded episodes (episode_0.hdf5, episode_1.hdf5, ...)",
+        )
+    return [p for _, p in sorted(found)]
+
+
+def _attr_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _dataset(f, key: str, path: Path, ndim: int):
+    if key not in f:
+        raise DatasetError(f"{path} has no {key} dataset", fix="write episodes in the ALOHA layout (see `recap convert aloha-hdf5 --help`)")
+    ds = f[key]
+    if ds.ndim != ndim:
+        raise DatasetError(f"{path}: {key} has shape {ds.shape}; expected {ndim} dimensions", fix="store one row per frame")
+    return ds
+
+
+def scan_episode(path: Path, default_task: str) -> RawEpisode:
+    """Read the shapes and labels of one episode and check them; no image data is loaded."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path} cannot be opened as HDF5 ({exc})", fix="re-export the episode; the file is corrupt or truncated") from exc
+    with f:
+        qpos = _dataset(f, "/observations/qpos", path, 2)
+        action = _dataset(f, "/action", path, 2)
+        length = qpos.shape[0]
+        if length == 0:
+            raise DatasetError(f"{path} is an empty episode (0 frames)", fix="delete the file or re-record the episode")
+        if action.shape[0] != length:
+            raise DatasetError(f"{path}: /action has {action.shape[0]} frames but /observations/qpos has {length}", fix="store one action per frame")
+        has_qvel = "/observations/qvel" in f
+        if has_qvel and f["/observations/qvel"].shape != qpos.shape:
+            raise DatasetError(f"{path}: /observations/qvel has shape {f['/observations/qvel'].shape}; expected {qpos.shape}", fix="store qvel like qpos")
+        if "/observations/images" not in f or not len(f["/observations/images"]):
+            raise DatasetError(f"{path} has no cameras under /observations/images", fix="store each camera as /observations/images/<camera> uint8 [T,H,W,3]")
+        cameras = {}
+        for cam, images in f["/observations/images"].items():
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != length or images.shape[-1] != 3:
+                raise DatasetError(
+                    f"{path}: /observations/images/{cam} is {images.dtype} {images.shape}; expected uint8 [{length}, H, W, 3]",
+                    fix="store raw RGB frames (decode JPEG-compressed episodes first)",
+                )
+            cameras[cam] = tuple(images.shape[1:])
+        check_finite("/observations/qpos", qpos[()], str(path))
+        check_finite("/action", action[()], str(path))
+        if "/intervention" in f:
+            flags = np.asarray(f["/intervention"][()]).reshape(-1)
+            if flags.shape[0] != length or not np.isin(flags, (0, 1)).all():
+                raise DatasetError(f"{path}: /intervention must hold {length} values of 0/1 (got shape {flags.shape})", fix="store 1 on human frames, 0 on autonomous ones")
+            intervention = flags.astype(np.int64)
+        else:
+            intervention = np.zeros(length, dtype=np.int64)
+        success = bool(f.attrs.get("success", True))
+        task = _attr_str(f.attrs["task"]) if "task" in f.attrs else default_task
+    return RawEpisode(path, length, cameras, qpos.shape[1], action.shape[1], has_qvel, success, task, intervention)
+
+
+def _check_consistent(episodes: list[RawEpisode]) -> None:
+    first = episodes[0]
+    for ep in episodes[1:]:
+        for what, a, b in (
+            ("cameras", first.cameras, ep.cameras),
+            ("state dim", first.state_dim, ep.state_dim),
+            ("action dim", first.action_dim, ep.action_dim),
+            ("qvel present", first.has_qvel, ep.has_qvel),
+        ):
+            if a != b:
+                raise DatasetError(
+                    f"{ep.path.name} differs from {first.path.name} in {what}: {b} vs {a}",
+                    fix="convert episodes of one robot setup together; split the folder otherwise",
+                )
+
+
+def convert_aloha_hdf5(
+    raw_dir: Path,
+    out: Path,
+    *,
+    fps: int,
+    task: str,
+    robot_type: str = "aloha",
+    failure_penalty: float = schema.DEFAULT_FAILURE_PENALTY,
+    t_max: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Convert `raw_dir/episode_<k>.hdf5` into a new v3.0 dataset at `out`; returns a summary."""
+    import h5py
+
+    if fps <= 0:
+        raise DatasetError(f"--fps {fps} must be positive", fix="pass the recording rate, e.g. --fps 50")
+    if not task.strip():
+        raise DatasetError("--task is empty", fix='describe the task, e.g. --task "fold the towel"')
+    files = episode_files(raw_dir)
+    episodes = [scan_episode(p, task) for p in files]
+    _check_consistent(episodes)
+    labels = schema.recap_labels(
+        [e.length for e in episodes],
+        [e.success for e in episodes],
+        [e.intervention for e in episodes],
+        [e.task for e in episodes],
+        t_max=t_max,
+        failure_penalty=failure_penalty,
+    )
+    first = episodes[0]
+    features = {f"observation.images.{cam}": camera_feature(h, w) for cam, (h, w, _) in first.cameras.items()}
+    features["observation.state"] = vector_feature(first.state_dim)
+    if first.has_qvel:
+        features["observation.velocity"] = vector_feature(first.state_dim)
+    features["action"] = vector_feature(first.action_dim)
+
+    with output_dataset_dir(out, overwrite, inputs=(Path(raw_dir),)) as tmp:
+        ds = new_dataset(tmp, fps=fps, features=features, robot_type=robot_type)
+        try:
+            for i, (ep, ep_labels) in enumerate(zip(episodes, labels, strict=True)):
+                with h5py.File(ep.path, "r") as f:
+                    arrays = {f"observation.images.{cam}": f[f"/observations/images/{cam}"][()] for cam in ep.cameras}
+                    arrays["observation.state"] = f["/observations/qpos"][()].astype(np.float32)
+                    if ep.has_qvel:
+                        arrays["observation.velocity"] = f["/observations/qvel"][()].astype(np.float32)
+                    arrays["action"] = f["/action"][()].astype(np.float32)
+                write_episode(ds, arrays, ep.task, ep_labels)
+                if progress is not None:
+                    progress(i + 1, len(episodes))
+        finally:
+            ds.finalize()
+        open_dataset(tmp)  # what we wrote must open as v3.0 before it replaces anything
+    frames = sum(e.length for e in episodes)
+    return {
+        "output": str(out),
+        "episodes": len(episodes),
+        "frames": frames,
+        "fps": fps,
+        "cameras": list(first.cameras),
+        "tasks": sorted({e.task for e in episodes}),
+        "success_rate": float(np.mean([e.success for e in episodes])),
+        "intervention_fraction": float(sum(int(e.intervention.sum()) for e in episodes) / frames),
+    }

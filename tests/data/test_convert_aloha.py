@@ -1,0 +1,109 @@
+"""`recap convert aloha-hdf5`: raw ALOHA HDF5 -> LeRobot v3.0 with RECAP columns, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from recap_core.data import schema
+from recap_core.data.convert_aloha import convert_aloha_hdf5
+from recap_core.data.dataset import open_dataset, read_columns
+from recap_core.data.synthetic import make_aloha_hdf5
+from recap_core.errors import DatasetError, OutputExistsError
+from tests.data.conftest import recap, tree_digest
+
+
+def test_cli_converts_and_lerobot_reads_it(tiny_aloha_raw: Path, tmp_path: Path) -> None:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    before = tree_digest(tiny_aloha_raw)
+    out = tmp_path / "out"
+    res = recap("convert", "aloha-hdf5", str(tiny_aloha_raw), str(out), "--fps", "10", "--task", "fold the towel", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["episodes"] == 2 and summary["frames"] == 24 and summary["success_rate"] == 0.5
+    assert tree_digest(tiny_aloha_raw) == before
+
+    ds = LeRobotDataset("local/out", root=out, video_backend="pyav")
+    assert ds.meta.robot_type == "aloha" and ds.fps == 10
+    assert set(ds.meta.video_keys) == {"observation.images.cam_high", "observation.images.cam_left_wrist"}
+    with h5py.File(tiny_aloha_raw / "episode_1.hdf5") as f:
+        qpos, qvel, img = f["/observations/qpos"][5], f["/observations/qvel"][5], f["/observations/images/cam_high"][5]
+        flags = f["/intervention"][:]
+    item = ds[12 + 5]
+    np.testing.assert_allclose(item["observation.state"].numpy(), qpos, rtol=1e-6)
+    np.testing.assert_allclose(item["observation.velocity"].numpy(), qvel, rtol=1e-6)
+    decoded = (item["observation.images.cam_high"].numpy().transpose(1, 2, 0) * 255).astype(np.float32)
+    assert np.abs(decoded - img).mean() < 12  # h264 at crf 30 on smooth 32x32 frames
+    assert item["task"] == "fold the towel"
+    assert item["adv_ind"] == ("positive" if flags[5] else "none")
+
+    cols = read_columns(open_dataset(out), list(schema.RECAP_COLUMNS))
+    want = schema.recap_labels([12, 12], [True, False], [np.ones(12), flags], ["t", "t"])
+    for ep in (0, 1):
+        np.testing.assert_allclose(cols[ep]["value_label"], want[ep].value_label, rtol=1e-6)
+        np.testing.assert_array_equal(cols[ep]["intervention"], want[ep].intervention)
+        np.testing.assert_array_equal(cols[ep]["adv_ind"], want[ep].adv_ind)
+
+
+def test_task_attribute_penalty_and_no_qvel(tmp_path: Path) -> None:
+    raw = make_aloha_hdf5(tmp_path / "raw", episodes=2, frames=[6, 4], cameras=("top",), tasks=[None, "open drawer"],
+                          success=[True, False], with_qvel=False, intervention=[0, 0])
+    out = convert_aloha_hdf5(raw, tmp_path / "out", fps=5, task="pick", failure_penalty=0.25)
+    assert out["tasks"] == ["open drawer", "pick"] and out["intervention_fraction"] == 0
+    info = open_dataset(tmp_path / "out")
+    assert "observation.velocity" not in info.features and info.cameras == ("top",)
+    cols = read_columns(info, ["reward_label", "value_label", "adv_ind"])
+    # Episode 1 alone in its task: T_max 4, r = [-1/4]*3 + [-0.25] -> G_0 = -1.0.
+    np.testing.assert_allclose(cols[1]["reward_label"], [-0.25, -0.25, -0.25, -0.25])
+    np.testing.assert_allclose(cols[1]["value_label"], [-1.0, -0.75, -0.5, -0.25])
+    assert set(cols[0]["adv_ind"]) == {"none"}
+
+
+def test_existing_output_needs_overwrite(tiny_aloha_raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        convert_aloha_hdf5(tiny_aloha_raw, out, fps=10, task="t")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def _break(path: Path, fn) -> None:
+    with h5py.File(path, "a") as f:
+        fn(f)
+
+
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        (lambda f: f["/observations/qpos"].__setitem__((3, 1), np.nan), r"episode_1.hdf5: /observations/qpos has NaN/inf"),
+        (lambda f: f.__delitem__("/action"), r"episode_1.hdf5 has no /action dataset"),
+        (lambda f: f.__delitem__("/observations/images/cam_left_wrist"), r"episode_1.hdf5 differs from episode_0.hdf5 in cameras"),
+        (lambda f: f["/intervention"].__setitem__(0, 3), r"/intervention must hold 12 values of 0/1"),
+    ],
+)
+def test_bad_episode_is_named_and_nothing_written(tmp_path: Path, breaker, message: str) -> None:
+    raw = make_aloha_hdf5(tmp_path / "raw", episodes=2, frames=12)
+    _break(raw / "episode_1.hdf5", breaker)
+    with pytest.raises(DatasetError, match=message):
+        convert_aloha_hdf5(raw, tmp_path / "out", fps=10, task="t")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_cli_bad_inputs_exit_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = recap("convert", "aloha-hdf5", str(empty), str(tmp_path / "o"), "--fps", "10", "--task", "t")
+    assert res.returncode == 2 and "holds no episode_<k>.hdf5 files" in res.stderr and "Traceback" not in res.stderr
+    raw = make_aloha_hdf5(tmp_path / "raw", episodes=1, frames=3)
+    (raw / "episode_1.hdf5").write_bytes(b"not hdf5")
+    before = tree_digest(raw)
+    res = recap("convert", "aloha-hdf5", str(raw), str(tmp_path / "o"), "--fps", "10", "--task", "t")
+    assert res.returncode == 2 and "cannot be opened as HDF5" in res.stderr
+    assert tree_digest(raw) == before and not (tmp_path / "o").exists()
