@@ -97,6 +97,9 @@ def eval_command(
     api_key: Annotated[
         str | None, typer.Option("--api-key", envvar="RECAP_SERVE_API_KEY", help="API key of the --server.")
     ] = None,
+    connect_timeout: Annotated[
+        float, typer.Option("--connect-timeout", help="Seconds to wait for the --server to answer.")
+    ] = 30.0,
     video: Annotated[
         Path | None,
         typer.Option(
@@ -145,7 +148,9 @@ def eval_command(
                 name = str(run_or_ckpt)
             else:
                 url, name = str(server), str(server)
-            policy_fn = stack.enter_context(remote_policy(url, adv_ind=adv, api_key=api_key))
+            policy_fn = stack.enter_context(
+                remote_policy(url, adv_ind=adv, api_key=api_key, connect_timeout_s=connect_timeout)
+            )
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err_console, transient=True) as progress:
             bar = progress.add_task(f"evaluating on {spec.name}", total=episodes)

@@ -92,7 +92,9 @@ def test_poor_policies_trigger_takeovers_and_fail_without_help(kind):
 
 def test_a_stalling_policy_is_taken_over_after_the_stall_window():
     rule = InterventionRule(stall_steps=10, takeover_steps=5)
-    episode = run_episode(TASK, 0, 0, lambda obs: np.tile(obs["state"], (8, 1)), rule=rule, record_images=False)
+    episode = run_episode(
+        TASK, 0, 0, lambda obs: np.tile(obs["state"], (8, 1)), rule=rule, record_images=False
+    )
     first = int(np.argmax(episode.intervention))
     assert first == rule.stall_steps
     assert episode.intervention[first : first + rule.takeover_steps].all()
@@ -108,7 +110,13 @@ def test_action_chunk_accepts_arrays_single_actions_and_openpi_responses():
 
 @pytest.mark.parametrize(
     "bad",
-    [np.ones((3, 32)), np.ones((0, ACTION_DIM)), {"action": np.ones((3, ACTION_DIM))}, "oops", np.full((2, 6), np.inf)],
+    [
+        np.ones((3, 32)),
+        np.ones((0, ACTION_DIM)),
+        {"action": np.ones((3, ACTION_DIM))},
+        "oops",
+        np.full((2, 6), np.inf),
+    ],
 )
 def test_bad_policy_outputs_are_user_errors(bad):
     with pytest.raises(PolicyOutputError) as info:
