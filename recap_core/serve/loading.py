@@ -85,12 +85,12 @@ def model_kind(config: dict[str, Any], run_dir: Path) -> str:
 def resolve_checkpoint(path: Path) -> RunCheckpoint:
     """Accept `<run>` (latest step) or `<run>/checkpoints/<step>`; check the files serving needs."""
     path = Path(path)
-    if not path.exists():
-        raise ServeError(f"{path} does not exist", fix="pass a recap run directory (it holds config.json)")
     step: int | None = None
     run_dir = path
-    if not (path / "config.json").is_file() and path.parent.name == "checkpoints" and path.name.isdigit():
+    if path.parent.name == "checkpoints" and path.name.isdigit() and (path.parent.parent / "config.json").is_file():
         run_dir, step = path.parent.parent, int(path.name)
+    elif not path.exists():
+        raise ServeError(f"{path} does not exist", fix="pass a recap run directory (it holds config.json)")
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ServeError(
