@@ -67,7 +67,7 @@ def inspect_dataset(root: str | Path) -> dict[str, Any]:
 
     problems: list[str] = []
     try:
-        validate_dataset(info)
+        validate_dataset(info, columns=present)
     except DatasetError as exc:
         problems.append(exc.message)
 
