@@ -2,9 +2,115 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from recap_cli.output import console, emit, err_console, warn
+
 value_app = typer.Typer(help="Train the value model and label advantages.", no_args_is_help=True)
+
+
+@value_app.command("label")
+def label(
+    dataset: Annotated[Path, typer.Argument(help="LeRobot v3.0 dataset with reward_label and intervention.")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="`recap value train` run dir, or its checkpoints/<step>.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="New labelled dataset (default: <DATASET>_labeled beside it).")
+    ] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Rewrite DATASET itself, atomically.")] = False,
+    top_percent: Annotated[float, typer.Option(help="Share of autonomous frames labelled positive, 0 < p <= 100.")] = 30.0,
+    lookahead: Annotated[int, typer.Option(help="N of the N-step advantage, in frames.")] = 50,
+    per_task: Annotated[bool, typer.Option("--per-task", help="One threshold per task instead of one global.")] = False,
+    use_ema: Annotated[bool, typer.Option("--use-ema", help="Use the checkpoint's EMA weights.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Frames per inference batch (global, all local devices).")] = 8,
+    cameras: Annotated[
+        list[str] | None, typer.Option("--cameras", help="Camera names to feed the model (repeat; default: all).")
+    ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write PNG plots of values and advantages here.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="i/n: only predict this machine's share of episodes (no output).")
+    ] = None,
+    merge_shards: Annotated[
+        list[Path] | None, typer.Option("--merge-shards", help="Prediction caches of --shard runs to combine (repeat).")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Prediction cache folder (default: <DATASET>.value_cache beside it).")
+    ] = None,
+    no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the doctor's value-label checks.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON document.")] = False,
+) -> None:
+    """Label every autonomous frame positive/negative from N-step advantages of the value model.
+
+    Writes a new dataset (videos hardlinked) with adv_ind rewritten and audit columns value_pred
+    and advantage; predictions are cached, so a crashed run resumes and a rerun is free.
+
+    Example:  recap value label data/vial_rollouts --checkpoint runs/value --top-percent 30 --report report/
+    """
+    from recap_core.label.checkpoint import resolve_value_checkpoint
+    from recap_core.label.pipeline import LabelOptions, label_dataset
+    from recap_core.label.predict import parse_shard
+    from recap_core.label.advantage import check_lookahead
+    from recap_core.label.threshold import check_top_percent
+
+    # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.
+    check_top_percent(top_percent)
+    check_lookahead(lookahead)
+    options = LabelOptions(
+        top_percent=top_percent, lookahead=lookahead, per_task=per_task, use_ema=use_ema, batch_size=batch_size,
+        cameras=tuple(cameras) if cameras else None, output=output, in_place=in_place, overwrite=overwrite,
+        cache_dir=cache, shard=parse_shard(shard), merge_from=tuple(merge_shards or ()), report_dir=report,
+    )
+    ckpt = resolve_value_checkpoint(checkpoint)
+    if not no_preflight:
+        from recap_core.doctor import preflight
+
+        preflight("value-label", warn=warn, preset=ckpt.preset, dataset=dataset, output_dir=(output or dataset).parent)
+    from recap_core.label.model import value_predictor
+
+    with _label_progress() as (on_start, on_batch):
+        result = label_dataset(
+            dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=use_ema, batch_size=batch_size), options,
+            on_start=on_start, on_batch=on_batch,
+        )
+    emit(result, as_json, _render_label)
+
+
+@contextlib.contextmanager
+def _label_progress() -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A rich progress bar on stderr over the frames that need a prediction."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("predicting values"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task("frames", total=None)
+        yield (lambda total: progress.update(task, total=total), lambda n: progress.advance(task, n))
+
+
+def _render_label(result: dict) -> None:
+    if "shard" in result:
+        console.print(
+            f"shard {result['shard']}: predicted {result['frames_predicted']} frames of "
+            f"{result['episodes_in_run']} episodes into [bold]{result['cache']}[/bold]"
+        )
+        return
+    thresholds = ", ".join(f"{k}: {v:.4g}" for k, v in result["thresholds"].items()) or "none"
+    console.print(
+        f"labelled {result['frames_labelled']} autonomous frames, "
+        f"{100 * result['positive_fraction']:.1f}% positive (threshold {thresholds}); "
+        f"skipped {len(result['skipped_episodes'])} demo episode(s)"
+    )
+    if result.get("spearman") is not None:
+        console.print(f"Spearman(value_pred, value_label) = {result['spearman']:.3f}")
+    console.print(f"wrote [bold]{result['output']}[/bold] in {result['seconds']:.1f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def label_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def src_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """5 episodes (12/16/8/10/14 frames), two tasks, one 16x16 video camera.
 
     Episode 0 is an all-intervention demo, episodes 1 and 3 have a human correction in the
@@ -62,3 +62,25 @@ class TabularFrames:
 
 def tabular_predictor(info, cameras):
     return TabularFrames(info.root), value_from_batch
+
+
+def _train_toy_run(root: Path, stage: str) -> Path:
+    from tests.train.toy import toy_config, toy_job
+
+    from recap_core.train.loop import train
+
+    config = toy_config(stage, steps=2, **{"checkpoint.every": 2})
+    train(toy_job(config), config, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_value_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished `value`-stage run of the training loop's toy model (2 steps)."""
+    return _train_toy_run(tmp_path_factory.mktemp("runs") / "value", "value")
+
+
+@pytest.fixture(scope="session")
+def toy_policy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished `sft`-stage run: a checkpoint that is not a value model."""
+    return _train_toy_run(tmp_path_factory.mktemp("runs") / "sft", "sft")

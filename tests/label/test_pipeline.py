@@ -20,11 +20,11 @@ def _read(root: Path, columns: list[str]) -> dict[str, np.ndarray]:
     return {c: column_array(table, c) for c in [*columns, "index", "episode_index"]}
 
 
-def test_default_run_writes_new_dataset_and_keeps_input_bytes(label_dataset, tmp_path):
-    before = tree_hashes(label_dataset)
+def test_default_run_writes_new_dataset_and_keeps_input_bytes(src_dataset, tmp_path):
+    before = tree_hashes(src_dataset)
     out = tmp_path / "out"
-    res = label_dataset_run(label_dataset, out, tmp_path / "cache")
-    assert tree_hashes(label_dataset) == before
+    res = label_dataset_run(src_dataset, out, tmp_path / "cache")
+    assert tree_hashes(src_dataset) == before
     cols = _read(out, ["adv_ind", "intervention", "value_pred", "advantage", "value_label"])
     auto = cols["intervention"] == 0
     assert set(cols["adv_ind"][auto]) == {"positive", "negative"}
@@ -40,19 +40,19 @@ def test_default_run_writes_new_dataset_and_keeps_input_bytes(label_dataset, tmp
     np.testing.assert_allclose(pred, want[auto], atol=1e-6)
     assert cols["value_pred"].dtype == np.float32 and cols["advantage"].dtype == np.float32
     # Videos are shared, not copied.
-    video = next((label_dataset / "videos").rglob("*.mp4"))
-    assert (out / video.relative_to(label_dataset)).stat().st_ino == video.stat().st_ino
+    video = next((src_dataset / "videos").rglob("*.mp4"))
+    assert (out / video.relative_to(src_dataset)).stat().st_ino == video.stat().st_ino
 
 
 def label_dataset_run(root, out, cache, **kw):
     return run_label(root, "ckpt-a", tabular_predictor, LabelOptions(output=out, cache_dir=cache, **kw))
 
 
-def test_lerobot_opens_output(label_dataset, tmp_path):
+def test_lerobot_opens_output(src_dataset, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     out = tmp_path / "out"
-    label_dataset_run(label_dataset, out, tmp_path / "cache")
+    label_dataset_run(src_dataset, out, tmp_path / "cache")
     ds = LeRobotDataset("local/out", root=out, video_backend="pyav")
     item = ds[20]
     assert item["adv_ind"] in ("positive", "negative")
@@ -65,9 +65,9 @@ class Crash(RuntimeError):
     pass
 
 
-def test_crash_then_resume_equals_clean_run(label_dataset, tmp_path):
+def test_crash_then_resume_equals_clean_run(src_dataset, tmp_path):
     clean = tmp_path / "clean"
-    label_dataset_run(label_dataset, clean, tmp_path / "cache-clean", batch_size=3)
+    label_dataset_run(src_dataset, clean, tmp_path / "cache-clean", batch_size=3)
 
     calls = {"n": 0}
 
@@ -83,7 +83,7 @@ def test_crash_then_resume_equals_clean_run(label_dataset, tmp_path):
     out = tmp_path / "resumed"
     cache = tmp_path / "cache"
     with pytest.raises(Crash):
-        run_label(label_dataset, "ckpt-a", crashing, LabelOptions(output=out, cache_dir=cache, batch_size=3))
+        run_label(src_dataset, "ckpt-a", crashing, LabelOptions(output=out, cache_dir=cache, batch_size=3))
     assert not out.exists()
     saved = list(cache.rglob("ep-*.npy"))
     assert saved, "finished episodes must be cached before the crash"
@@ -97,7 +97,7 @@ def test_crash_then_resume_equals_clean_run(label_dataset, tmp_path):
 
         return TabularFrames(info.root), predict
 
-    res = run_label(label_dataset, "ckpt-a", counting, LabelOptions(output=out, cache_dir=cache, batch_size=3))
+    res = run_label(src_dataset, "ckpt-a", counting, LabelOptions(output=out, cache_dir=cache, batch_size=3))
     assert res["episodes_from_cache"] == len(saved)
     assert tree_hashes(out) == tree_hashes(clean)
     # Resumed run predicted less than the whole dataset.
@@ -107,24 +107,24 @@ def test_crash_then_resume_equals_clean_run(label_dataset, tmp_path):
     def must_not_build(info, cameras):
         raise AssertionError("predictor built although every episode is cached")
 
-    again = run_label(label_dataset, "ckpt-a", must_not_build, LabelOptions(output=out, cache_dir=cache, overwrite=True))
+    again = run_label(src_dataset, "ckpt-a", must_not_build, LabelOptions(output=out, cache_dir=cache, overwrite=True))
     assert again["frames_predicted"] == 0
     assert tree_hashes(out) == tree_hashes(clean)
 
 
-def test_other_checkpoint_does_not_reuse_cache(label_dataset, tmp_path):
+def test_other_checkpoint_does_not_reuse_cache(src_dataset, tmp_path):
     cache = tmp_path / "cache"
-    label_dataset_run(label_dataset, tmp_path / "a", cache)
-    res = run_label(label_dataset, "ckpt-b", tabular_predictor, LabelOptions(output=tmp_path / "b", cache_dir=cache))
+    label_dataset_run(src_dataset, tmp_path / "a", cache)
+    res = run_label(src_dataset, "ckpt-b", tabular_predictor, LabelOptions(output=tmp_path / "b", cache_dir=cache))
     assert res["frames_predicted"] > 0
 
 
-def test_shards_merge_to_the_same_result(label_dataset, tmp_path):
-    label_dataset_run(label_dataset, tmp_path / "whole", tmp_path / "cache-whole")
+def test_shards_merge_to_the_same_result(src_dataset, tmp_path):
+    label_dataset_run(src_dataset, tmp_path / "whole", tmp_path / "cache-whole")
     caches = []
     for i in range(3):
         cache = tmp_path / f"cache-{i}"
-        res = run_label(label_dataset, "ckpt-a", tabular_predictor, LabelOptions(shard=(i, 3), cache_dir=cache))
+        res = run_label(src_dataset, "ckpt-a", tabular_predictor, LabelOptions(shard=(i, 3), cache_dir=cache))
         assert res["shard"] == f"{i}/3" and "output" not in res
         caches.append(cache)
     counts = [len(list(c.rglob("ep-*.npy"))) for c in caches]
@@ -135,34 +135,34 @@ def test_shards_merge_to_the_same_result(label_dataset, tmp_path):
 
     out = tmp_path / "merged"
     run_label(
-        label_dataset, "ckpt-a", must_not_build, LabelOptions(output=out, cache_dir=tmp_path / "m", merge_from=tuple(caches))
+        src_dataset, "ckpt-a", must_not_build, LabelOptions(output=out, cache_dir=tmp_path / "m", merge_from=tuple(caches))
     )
     assert tree_hashes(out) == tree_hashes(tmp_path / "whole")
 
 
-def test_merge_with_missing_shard_is_an_error(label_dataset, tmp_path):
+def test_merge_with_missing_shard_is_an_error(src_dataset, tmp_path):
     from recap_core.label.pipeline import MissingPredictionsError
 
-    run_label(label_dataset, "ckpt-a", tabular_predictor, LabelOptions(shard=(0, 2), cache_dir=tmp_path / "c0"))
+    run_label(src_dataset, "ckpt-a", tabular_predictor, LabelOptions(shard=(0, 2), cache_dir=tmp_path / "c0"))
 
     def must_not_build(info, cameras):
         raise MissingPredictionsError("would predict", fix="")
 
     with pytest.raises(MissingPredictionsError):
         run_label(
-            label_dataset, "ckpt-a", must_not_build,
+            src_dataset, "ckpt-a", must_not_build,
             LabelOptions(output=tmp_path / "o", cache_dir=tmp_path / "m", merge_from=(tmp_path / "c0",)),
         )
     assert not (tmp_path / "o").exists()
 
 
-def test_in_place_relabel(label_dataset, tmp_path):
+def test_in_place_relabel(src_dataset, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(label_dataset, copy)
+    shutil.copytree(src_dataset, copy)
     ref = tmp_path / "ref"
-    label_dataset_run(label_dataset, ref, tmp_path / "cache")
+    label_dataset_run(src_dataset, ref, tmp_path / "cache")
     res = run_label(copy, "ckpt-a", tabular_predictor, LabelOptions(in_place=True, cache_dir=tmp_path / "cache"))
     assert res["in_place"] and res["frames_predicted"] == 0  # same identity: cache reused
     a = _read(copy, ["adv_ind", "value_pred"])
@@ -172,8 +172,8 @@ def test_in_place_relabel(label_dataset, tmp_path):
     assert not list(copy.rglob("*.recap-staged")) and not (copy / ".recap-relabel-journal.json").exists()
 
 
-def test_per_task_and_report(label_dataset, tmp_path):
-    res = label_dataset_run(label_dataset, tmp_path / "o", tmp_path / "c", per_task=True, top_percent=50,
+def test_per_task_and_report(src_dataset, tmp_path):
+    res = label_dataset_run(src_dataset, tmp_path / "o", tmp_path / "c", per_task=True, top_percent=50,
                             report_dir=tmp_path / "report")
     assert set(res["thresholds"]) == {"0", "1"}
     assert all(Path(p).stat().st_size > 1000 for p in res["report"]["plots"])
@@ -189,18 +189,18 @@ def test_per_task_and_report(label_dataset, tmp_path):
         ({"cameras": ("cam_nope",)}, DatasetError, "cam_nope"),
     ],
 )
-def test_bad_input_writes_nothing(label_dataset, tmp_path, kw, error, match):
+def test_bad_input_writes_nothing(src_dataset, tmp_path, kw, error, match):
     out = tmp_path / "out"
     with pytest.raises(error, match=match):
-        label_dataset_run(label_dataset, out, tmp_path / "cache", **kw)
+        label_dataset_run(src_dataset, out, tmp_path / "cache", **kw)
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
-def test_existing_output_needs_overwrite(label_dataset, tmp_path):
+def test_existing_output_needs_overwrite(src_dataset, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(OutputExistsError):
-        label_dataset_run(label_dataset, out, tmp_path / "cache")
+        label_dataset_run(src_dataset, out, tmp_path / "cache")
     assert list(out.iterdir()) == [] and not (tmp_path / "cache").exists()
 
 

@@ -1,0 +1,62 @@
+"""Which value checkpoint `--checkpoint RUN_OR_STEP` names, and what identifies its weights.
+
+Accepts what `recap value train` writes: the run directory (latest step), its `checkpoints/`
+folder, or one `checkpoints/<step>/`. A policy run, an openpi checkpoint or a random folder is a
+CheckpointError before anything is read or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from recap_core.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class ValueCheckpoint:
+    run_dir: Path
+    step: int
+    preset: str
+
+    @property
+    def step_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / str(self.step)
+
+    def content_hash(self) -> str:
+        """sha256 of the step's files and the run config: the prediction cache's key."""
+        import hashlib
+
+        from recap_core.label.cache import content_hash
+
+        digest = hashlib.sha256(content_hash(self.step_dir).encode())
+        digest.update((self.run_dir / "config.json").read_bytes())
+        return digest.hexdigest()
+
+
+def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
+    """Resolve `--checkpoint`; raise CheckpointError unless it is a finished value-model run."""
+    from recap_core.config import load_run_config
+    from recap_core.errors import ConfigError
+    from recap_core.train.init import _latest_step, resolve_run_path
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"--checkpoint {path} does not exist",
+            fix="pass the run directory of `recap value train` (or its checkpoints/<step>)",
+        )
+    try:
+        run_dir, step = resolve_run_path(path)
+        config = load_run_config(run_dir / "config.json")
+    except (CheckpointError, ConfigError) as exc:
+        raise CheckpointError(
+            f"--checkpoint {path} is not a recap value-model run: {exc.message}",
+            fix="pass the run directory of `recap value train` (or its checkpoints/<step>)",
+        ) from exc
+    if config.stage != "value":
+        raise CheckpointError(
+            f"--checkpoint {path} is a `{config.stage}` run (preset {config.preset}), not a value model",
+            fix="pass the run directory of `recap value train`; policies cannot label advantages",
+        )
+    return ValueCheckpoint(run_dir=run_dir, step=_latest_step(run_dir, step), preset=config.preset)
