@@ -95,11 +95,11 @@ def toy_config(stage: str = "sft", **flags: Any) -> RunConfig:
     return resolve_run_config(stage, "toy", "unused", flags=base, environ={})
 
 
-def toy_job(config: RunConfig, freeze_backbone: bool = True) -> TrainingJob:
-    task = ToyTask(freeze_backbone)
+def toy_job(config: RunConfig, freeze_backbone: bool = True, hidden: int = HIDDEN) -> TrainingJob:
+    task = ToyTask(freeze_backbone, hidden)
     return TrainingJob(
         task=task,
-        task_factory=lambda cfg: ToyTask(freeze_backbone),
+        task_factory=lambda cfg: ToyTask(freeze_backbone, hidden),
         train_data=ToySource(config.batch_size // 1, seed=config.seed),
         val_batches=lambda: (ToySource(config.batch_size, seed=999).batch_at(i) for i in range(2)),
         assets={"norm_stats.json": "{}\n"},
