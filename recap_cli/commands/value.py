@@ -53,10 +53,10 @@ def label(
 
     Example:  recap value label data/vial_rollouts --checkpoint runs/value --top-percent 30 --report report/
     """
+    from recap_core.label.advantage import check_lookahead
     from recap_core.label.checkpoint import resolve_value_checkpoint
     from recap_core.label.pipeline import LabelOptions, label_dataset
     from recap_core.label.predict import parse_shard
-    from recap_core.label.advantage import check_lookahead
     from recap_core.label.threshold import check_top_percent
 
     # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.

@@ -65,9 +65,8 @@ def tabular_predictor(info, cameras):
 
 
 def _train_toy_run(root: Path, stage: str) -> Path:
-    from tests.train.toy import toy_config, toy_job
-
     from recap_core.train.loop import train
+    from tests.train.toy import toy_config, toy_job
 
     config = toy_config(stage, steps=2, **{"checkpoint.every": 2})
     train(toy_job(config), config, root)
