@@ -64,7 +64,9 @@ class SiglipConfig:
 # Sources: big_vision `vit.py` decode_variant ("So400m": width 1152, depth 27, mlp 4304, heads 16),
 # openpi `models/siglip.py` (variant "So400m/14", pool "none"); HF google/siglip2-so400m-patch14-224.
 SIGLIP_PRESETS: dict[str, SiglipConfig] = {
-    "So400m/14": SiglipConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14, image_size=224),
+    "So400m/14": SiglipConfig(
+        width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14, image_size=224
+    ),
     "siglip2-so400m-patch14-224": SiglipConfig(
         width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14, image_size=224
     ),
@@ -134,8 +136,12 @@ class MlpBlock(nnx.Module):
     def __init__(self, width: int, mlp_dim: int, dtype: Any, rngs: nnx.Rngs) -> None:
         init = nnx.initializers.xavier_uniform()
         bias_init = nnx.initializers.normal(1e-6)
-        self.Dense_0 = nnx.Linear(width, mlp_dim, dtype=dtype, kernel_init=init, bias_init=bias_init, rngs=rngs)
-        self.Dense_1 = nnx.Linear(mlp_dim, width, dtype=dtype, kernel_init=init, bias_init=bias_init, rngs=rngs)
+        self.Dense_0 = nnx.Linear(
+            width, mlp_dim, dtype=dtype, kernel_init=init, bias_init=bias_init, rngs=rngs
+        )
+        self.Dense_1 = nnx.Linear(
+            mlp_dim, width, dtype=dtype, kernel_init=init, bias_init=bias_init, rngs=rngs
+        )
 
     def __call__(self, x: Array) -> Array:
         # tanh-approximate gelu: big_vision's nn.gelu default, HF's "gelu_pytorch_tanh".

@@ -33,7 +33,9 @@ def count_params(model: nnx.Module) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def siglip_from_hf(ref: dict[str, np.ndarray], depth: int, num_heads: int, prefix: str = "vision_model.") -> dict:
+def siglip_from_hf(
+    ref: dict[str, np.ndarray], depth: int, num_heads: int, prefix: str = "vision_model."
+) -> dict:
     """HF SiglipVisionModel state -> our Siglip pure dict (big_vision names, layers stacked)."""
     t = {k.removeprefix(prefix): v for k, v in ref.items()}
     width = t["post_layernorm.weight"].shape[0]
@@ -44,12 +46,17 @@ def siglip_from_hf(ref: dict[str, np.ndarray], depth: int, num_heads: int, prefi
 
     def qkv(name: str) -> dict:
         return {
-            "kernel": stack(f"encoder.layers.{{}}.self_attn.{name}.weight", lambda w: w.T.reshape(width, num_heads, hd)),
+            "kernel": stack(
+                f"encoder.layers.{{}}.self_attn.{name}.weight", lambda w: w.T.reshape(width, num_heads, hd)
+            ),
             "bias": stack(f"encoder.layers.{{}}.self_attn.{name}.bias", lambda b: b.reshape(num_heads, hd)),
         }
 
     def ln(name: str) -> dict:
-        return {"scale": stack(f"encoder.layers.{{}}.{name}.weight"), "bias": stack(f"encoder.layers.{{}}.{name}.bias")}
+        return {
+            "scale": stack(f"encoder.layers.{{}}.{name}.weight"),
+            "bias": stack(f"encoder.layers.{{}}.{name}.bias"),
+        }
 
     def dense(name: str) -> dict:
         return {
@@ -66,7 +73,9 @@ def siglip_from_hf(ref: dict[str, np.ndarray], depth: int, num_heads: int, prefi
             "key": qkv("k_proj"),
             "value": qkv("v_proj"),
             "out": {
-                "kernel": stack("encoder.layers.{}.self_attn.out_proj.weight", lambda w: w.T.reshape(num_heads, hd, width)),
+                "kernel": stack(
+                    "encoder.layers.{}.self_attn.out_proj.weight", lambda w: w.T.reshape(num_heads, hd, width)
+                ),
                 "bias": stack("encoder.layers.{}.self_attn.out_proj.bias"),
             },
         },
@@ -81,4 +90,48 @@ def siglip_from_hf(ref: dict[str, np.ndarray], depth: int, num_heads: int, prefi
             "encoderblock": block,
             "encoder_norm": {"scale": t["post_layernorm.weight"], "bias": t["post_layernorm.bias"]},
         },
+    }
+
+
+def gemma3_from_hf(ref: dict[str, np.ndarray], depth: int, num_heads: int, num_kv_heads: int) -> dict:
+    """HF Gemma3 (text) state -> our Gemma3 pure dict (gemma-library names, layers stacked)."""
+    t = {k.removeprefix("model."): v for k, v in ref.items()}
+    width = t["norm.weight"].shape[0]
+    head_dim = t["layers.0.self_attn.q_norm.weight"].shape[0]
+
+    def heads(w: np.ndarray, n: int) -> np.ndarray:  # [n*H, D] -> [n, D, H]
+        return w.reshape(n, head_dim, width).transpose(0, 2, 1)
+
+    def layer(i: int) -> dict:
+        p = f"layers.{i}."
+        q = heads(t[p + "self_attn.q_proj.weight"], num_heads)
+        k = heads(t[p + "self_attn.k_proj.weight"], num_kv_heads)
+        v = heads(t[p + "self_attn.v_proj.weight"], num_kv_heads)
+        attn = {
+            "attn_vec_einsum": {"w": t[p + "self_attn.o_proj.weight"].T.reshape(num_heads, head_dim, width)},
+            "_query_norm": {"scale": t[p + "self_attn.q_norm.weight"]},
+            "_key_norm": {"scale": t[p + "self_attn.k_norm.weight"]},
+        }
+        if num_heads == num_kv_heads:
+            attn["qkv_einsum"] = {"w": np.stack([q, k, v])}
+        else:
+            attn["q_einsum"] = {"w": q}
+            attn["kv_einsum"] = {"w": np.stack([k, v])}
+        return {
+            "attn": attn,
+            "pre_attention_norm": {"scale": t[p + "input_layernorm.weight"]},
+            "post_attention_norm": {"scale": t[p + "post_attention_layernorm.weight"]},
+            "pre_ffw_norm": {"scale": t[p + "pre_feedforward_layernorm.weight"]},
+            "post_ffw_norm": {"scale": t[p + "post_feedforward_layernorm.weight"]},
+            "mlp": {
+                "gating_einsum": np.stack([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]]),
+                "linear": t[p + "mlp.down_proj.weight"].T,
+            },
+        }
+
+    layers = [layer(i) for i in range(depth)]
+    return {
+        "embedder": {"input_embedding": t["embed_tokens.weight"]},
+        "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers),
+        "final_norm": {"scale": t["norm.weight"]},
     }

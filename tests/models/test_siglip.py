@@ -68,8 +68,12 @@ def test_real_size_param_count_matches_transformers(name: str) -> None:
     cfg = siglip_config(name)
     abstract = nnx.eval_shape(lambda: Siglip(cfg, rngs=nnx.Rngs(0)))
     hf_cfg = SiglipVisionConfig(
-        hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-        image_size=224, patch_size=14,
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=27,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
     )
     with torch.device("meta"):
         ref = SiglipVisionModel(hf_cfg)
