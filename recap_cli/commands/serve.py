@@ -128,6 +128,8 @@ def serve(
     from recap_core.serve.client import health_url
     from recap_core.serve.server import PolicyServer, ServerConfig
 
+    _log_requests_to_stderr()
+
     config = ServerConfig(
         host=host, port=port, api_key=api_key, max_message_bytes=max(1024, int(max_message_mb * 1024 * 1024))
     )
@@ -141,9 +143,23 @@ def serve(
         if as_json:
             print_json({"url": srv.url, "health_url": health_url(srv.url), "metadata": served.metadata})
         info(f"[green]serving[/green] {srv.url}  (health: {health_url(srv.url)}; Ctrl-C or SIGTERM to stop)")
+        if host in ("0.0.0.0", "::", ""):
+            info(f"listening on all interfaces: robots connect to ws://<this machine's address>:{srv.port}")
 
     server.run(on_ready=ready)
     info("server stopped")
+
+
+def _log_requests_to_stderr() -> None:
+    """Show the operator bad requests and policy failures (one line each) while serving."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("recap.serve")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(RichHandler(console=err_console, show_path=False, rich_tracebacks=False))
+    logger.propagate = False
 
 
 def register(app: typer.Typer) -> None:

@@ -131,7 +131,7 @@ class PolicyServer:
                 ) from exc
             try:
                 self.port = server.sockets[0].getsockname()[1] if self.config.port == 0 else self.config.port
-                logger.info("serving %s", self.url)
+                logger.debug("serving %s", self.url)
                 if on_ready is not None:
                     on_ready(self)
                 await self._stop.wait()

@@ -232,3 +232,12 @@ def test_server_config_rejects_bad_values() -> None:
         ServerConfig(port=70000)
     with pytest.raises(ServeError, match="workers"):
         ServerConfig(workers=0)
+
+
+def test_client_gives_up_on_a_silent_port_with_a_clear_error() -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(ServeError, match=f"no policy server answered at ws://127.0.0.1:{port}") as info:
+        PolicyClient(f"127.0.0.1:{port}", connect_timeout_s=0.5)
+    assert "recap serve" in info.value.fix
