@@ -187,6 +187,7 @@ def test_stop_drains_in_flight_requests_then_closes() -> None:
     server = ServerThread(gated, ServerConfig(port=0)).start()
     client = PolicyClient(server.url)
     idle = PolicyClient(server.url)
+    late = PolicyClient(server.url)  # connected before the drain, asks during it
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.infer, {"x": np.float32(5.0)})
         assert gated.started.wait(5)
@@ -194,6 +195,8 @@ def test_stop_drains_in_flight_requests_then_closes() -> None:
         stopper.start()
         time.sleep(0.2)
         assert not check_health(server.url)  # no longer listening, or 503 while draining
+        with pytest.raises(PolicyServerError, match="shutting down"):
+            late.infer({"x": np.float32(1.0)})
         gated.gate.set()
         np.testing.assert_array_equal(pending.result(5)["actions"], np.full((2, 2), 5.0, np.float32))
         stopper.join(10)
