@@ -35,6 +35,8 @@ def atomic_output_dir(out: Path, overwrite: bool = False, *, inputs: tuple[Path,
     check_output(out, overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # mkdtemp makes the directory private (0700); the output is an ordinary directory.
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
         _fsync_dir_tree(tmp)
@@ -49,6 +51,12 @@ def atomic_output_dir(out: Path, overwrite: bool = False, *, inputs: tuple[Path,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
