@@ -78,7 +78,13 @@ class PolicyServer:
     def __init__(self, policy: Policy, config: ServerConfig | None = None) -> None:
         self.policy = policy
         self.config = config or ServerConfig()
-        self._metadata_frame = protocol.packb(dict(policy.metadata))
+        try:
+            self._metadata_frame = protocol.packb(dict(policy.metadata))
+        except (TypeError, ValueError) as exc:
+            raise ServeError(
+                f"the policy's metadata cannot be sent to clients: {exc}",
+                fix="keep metadata to str/int/float/bool/list/dict/numpy values",
+            ) from exc
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

@@ -244,3 +244,10 @@ def test_client_gives_up_on_a_silent_port_with_a_clear_error() -> None:
     with pytest.raises(ServeError, match=f"no policy server answered at ws://127.0.0.1:{port}") as info:
         PolicyClient(f"127.0.0.1:{port}", connect_timeout_s=0.5)
     assert "recap serve" in info.value.fix
+
+
+def test_unsendable_metadata_is_refused_before_serving() -> None:
+    policy = ZerosPolicy(1, 1)
+    policy.metadata["path"] = object()
+    with pytest.raises(ServeError, match="metadata cannot be sent"):
+        PolicyServer(policy)
