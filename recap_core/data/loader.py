@@ -472,32 +472,36 @@ class TrainLoader:
     def _produce(self, start: tuple[int, int], out: queue.Queue, stop: threading.Event) -> None:
         pool = ThreadPoolExecutor(max_workers=max(1, self.config.num_workers), thread_name_prefix="recap-decode")
         try:
-            epoch, step = start
-            while not stop.is_set() and (self.config.num_epochs is None or epoch < self.config.num_epochs):
-                for item in self._epoch_batches(epoch, step, pool, stop):
+            epoch, first_step = start
+            cache = self._epoch_cache(epoch, first_step, pool)
+            while not self._finished(epoch):
+                upcoming = None
+                for i, rows in enumerate(cache.batch_rows):
+                    item = ((epoch, first_step + i), self._assemble(rows, cache.images_for(i, rows)))
                     if not _put(out, item, stop):
                         return
-                epoch, step = epoch + 1, 0
+                    cache.release_after(i)
+                    # Once every decode of this epoch is queued, queue the next epoch's first
+                    # episodes too, so the workers never idle at an epoch boundary.
+                    if upcoming is None and cache.all_submitted() and not self._finished(epoch + 1):
+                        upcoming = self._epoch_cache(epoch + 1, 0, pool)
+                        upcoming.prime()
+                epoch, first_step = epoch + 1, 0
+                cache = upcoming if upcoming is not None else self._epoch_cache(epoch, 0, pool)
             _put(out, _END, stop)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             _put(out, exc, stop)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _epoch_batches(
-        self, epoch: int, first_step: int, pool: ThreadPoolExecutor, stop: threading.Event
-    ) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
+    def _finished(self, epoch: int) -> bool:
+        return self.config.num_epochs is not None and epoch >= self.config.num_epochs
+
+    def _epoch_cache(self, epoch: int, first_step: int, pool: ThreadPoolExecutor) -> _EpisodeCache:
         order = self.epoch_order(epoch)
         bs = self.local_batch_size
         batch_rows = [order[s * bs : (s + 1) * bs] for s in range(first_step, self.steps_per_epoch)]
-        cache = _EpisodeCache(self, pool, batch_rows) if self.cameras else None
-        for i, rows in enumerate(batch_rows):
-            if stop.is_set():
-                return
-            images = cache.images_for(i, rows) if cache is not None else {}
-            yield (epoch, first_step + i), self._assemble(rows, images)
-            if cache is not None:
-                cache.release_after(i)
+        return _EpisodeCache(self, pool, batch_rows)
 
     def _assemble(self, rows: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, Any]:
         f = self.frames
@@ -521,39 +525,54 @@ class TrainLoader:
 
 
 class _EpisodeCache:
-    """Decoded, resized frames of the episodes that upcoming batches need, decoded ahead in a pool."""
+    """Decoded, resized frames of the episodes one epoch's batches need, decoded ahead in a pool.
+
+    Episodes are decoded in the order batches first need them, at most `ahead_limit` held at a
+    time beyond what the current batch needs, and dropped after the last batch that uses them.
+    """
 
     def __init__(self, loader: TrainLoader, pool: ThreadPoolExecutor, batch_rows: list[np.ndarray]) -> None:
         self.loader = loader
         self.pool = pool
+        self.batch_rows = batch_rows
         f = loader.frames
         self.first: dict[int, int] = {}
         self.last: dict[int, int] = {}
-        for i, rows in enumerate(batch_rows):
-            for ep in np.unique(f.row_episode[rows]).tolist():
-                self.first.setdefault(ep, i)
-                self.last[ep] = i
-        self.schedule = sorted(self.first, key=self.first.__getitem__)  # decode in order of first need
+        if loader.cameras:
+            for i, rows in enumerate(batch_rows):
+                for ep in np.unique(f.row_episode[rows]).tolist():
+                    self.first.setdefault(ep, i)
+                    self.last[ep] = i
+        self.schedule = sorted(self.first, key=self.first.__getitem__)
         self.next_to_submit = 0
         cfg = loader.config
         self.ahead_limit = max(2 * cfg.shuffle_episodes, 2 * cfg.num_workers)
         self.live: dict[int, dict[str, Future]] = {}
 
-    def _submit(self, ep: int) -> None:
-        loader = self.loader
-        self.live[ep] = {
-            key: self.pool.submit(_decode_camera, loader.frames, key, ep, loader.config.image_size)
-            for key in loader.cameras
-        }
+    def all_submitted(self) -> bool:
+        return self.next_to_submit == len(self.schedule)
 
-    def images_for(self, i: int, rows: np.ndarray) -> dict[str, np.ndarray]:
-        # Everything this batch needs must be submitted; then keep the pool busy up to the limit.
+    def prime(self) -> None:
+        """Queue decodes up to the look-ahead limit (no batch waits on them yet)."""
+        self._fill(-1)
+
+    def _fill(self, i: int) -> None:
+        # Everything batch i needs must be queued; beyond that keep the pool busy up to the limit.
         while self.next_to_submit < len(self.schedule):
             ep = self.schedule[self.next_to_submit]
             if self.first[ep] > i and len(self.live) >= self.ahead_limit:
                 break
-            self._submit(ep)
+            loader = self.loader
+            self.live[ep] = {
+                key: self.pool.submit(_decode_camera, loader.frames, key, ep, loader.config.image_size)
+                for key in loader.cameras
+            }
             self.next_to_submit += 1
+
+    def images_for(self, i: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.loader.cameras:
+            return {}
+        self._fill(i)
         f = self.loader.frames
         eps = f.row_episode[rows]
         pos = rows - f.episode_start[rows]

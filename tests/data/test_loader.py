@@ -196,3 +196,21 @@ def test_resize_with_pad_geometry() -> None:
     out = resize_with_pad(img, (224, 224))
     assert out.shape == (224, 224, 3)
     assert out[:28].max() == 0 and out[-28:].max() == 0 and out[28:196].min() == 200
+
+
+def test_images_follow_their_frame_across_epochs(tiny_dataset_two_tasks: Path) -> None:
+    """Two epochs with look-ahead decoding across the boundary: each index gets the same pixels."""
+    loader = TrainLoader(
+        tiny_dataset_two_tasks,
+        LoaderConfig(batch_size=5, action_horizon=2, image_size=(16, 16), num_workers=2, shuffle_episodes=1, num_epochs=2),
+    )
+    batches = list(loader)
+    assert len(batches) == 2 * loader.steps_per_epoch
+    pixels: dict[int, np.ndarray] = {}
+    for batch in batches:
+        for index, image in zip(batch["index"].tolist(), batch["images"]["cam_high"], strict=True):
+            if index in pixels:
+                np.testing.assert_array_equal(pixels[index], image)
+            pixels[index] = image
+    assert len({p.tobytes() for p in pixels.values()}) > len(pixels) // 2  # frames differ from each other
+    assert loader.state_dict()["epoch"] == 2
