@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from recap_cli.output import err_console, info, print_json
+from recap_cli.output import err_console, info, print_json, warn
 
 if TYPE_CHECKING:
     from recap_core.serve.policy import Policy
@@ -66,11 +65,7 @@ def _make_policy(
         )
     if action_shape is not None:
         raise ServeError("--action-shape is only for --policy zeros", fix="a run's action shape comes from its config")
-    if preflight and importlib.util.find_spec("recap_core.doctor") is not None:
-        from recap_core.doctor import preflight as run_preflight
-
-        run_preflight("serve", run_dir=run_or_ckpt)
-    from recap_core.serve.loading import ServeOptions, load_policy
+    from recap_core.serve.loading import ServeOptions, load_policy, resolve_checkpoint
 
     options = ServeOptions(
         default_adv_ind=default_adv_ind.value,
@@ -78,7 +73,13 @@ def _make_policy(
         cfg_beta=cfg_beta,
         num_steps=num_steps,
     )
-    return load_policy(run_or_ckpt, options)
+    checkpoint = resolve_checkpoint(run_or_ckpt)  # a wrong path fails here, before any slow check
+    if preflight:
+        from recap_core.doctor import preflight as run_preflight
+
+        preset = checkpoint.config.get("preset")
+        run_preflight("serve", preset=preset if isinstance(preset, str) else None, warn=warn)
+    return load_policy(checkpoint, options)
 
 
 def serve(

@@ -119,9 +119,9 @@ def resolve_checkpoint(path: Path) -> RunCheckpoint:
     return RunCheckpoint(run_dir, config, step, steps_dir / str(step), norm_stats if norm_stats.is_file() else None)
 
 
-def load_policy(path: Path, options: ServeOptions | None = None) -> Policy:
+def load_policy(path: Path | RunCheckpoint, options: ServeOptions | None = None) -> Policy:
     """The policy a run (or checkpoint) serves, ready for `PolicyServer`."""
-    checkpoint = resolve_checkpoint(path)
+    checkpoint = path if isinstance(path, RunCheckpoint) else resolve_checkpoint(path)
     kind = checkpoint.model_kind
     builder = _BUILDERS.get(kind)
     if builder is None:

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from recap_core.data.loader import resize_with_pad
 from recap_core.errors import RecapError
 
 ADV_IND_VALUES = ("positive", "negative", "none")
@@ -120,24 +120,6 @@ def example_observation(spec: ObservationSpec) -> dict[str, Any]:
     return obs
 
 
-def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an HWC uint8 image to (height, width) keeping its aspect ratio, padding with black.
-
-    Same geometry as openpi's `resize_with_pad` (tf.image.resize_with_pad): scale by the larger
-    ratio, center, zero-pad; models trained on openpi-prepared data see the same framing.
-    """
-    cur_height, cur_width = image.shape[:2]
-    if (cur_height, cur_width) == (height, width):
-        return image
-    ratio = max(cur_width / width, cur_height / height)
-    new_height, new_width = max(1, int(cur_height / ratio)), max(1, int(cur_width / ratio))
-    resized = Image.fromarray(image).resize((new_width, new_height), resample=Image.BILINEAR)
-    canvas = np.zeros((height, width, 3), np.uint8)
-    top, left = (height - new_height) // 2, (width - new_width) // 2
-    canvas[top : top + new_height, left : left + new_width] = np.asarray(resized)
-    return canvas
-
-
 def _key_text(key: Any) -> str:
     return key.decode(errors="replace") if isinstance(key, bytes) else str(key)
 
@@ -182,7 +164,8 @@ def _prepare_images(value: Any, spec: ObservationSpec) -> tuple[dict[str, np.nda
     images, masks = {}, {}
     for cam in spec.cameras:
         if cam in given:
-            images[cam] = resize_with_pad(_to_hwc_uint8(given[cam], cam), height, width)[None]
+            # Same resize-with-pad as the training loader, so served frames match trained ones.
+            images[cam] = resize_with_pad(_to_hwc_uint8(given[cam], cam), (height, width))[None]
             masks[cam] = np.ones(1, bool)
         else:
             # A missing camera is fed as black with mask False, as openpi does for absent wrists.

@@ -110,3 +110,13 @@ def test_port_in_use_exits_2() -> None:
         port = busy.getsockname()[1]
         result = _run("--policy", "zeros", "--action-shape", "1,1", "--port", str(port))
     assert result.returncode == 2 and "cannot listen on" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_dir_goes_through_preflight_then_names_the_unservable_model(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints" / "10").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"preset": "pi06-tiny", "model": {"kind": "pi99"}}))
+    result = _run(str(run), "--port", "0")
+    assert result.returncode == 2, result.stderr
+    assert "kind 'pi99'" in " ".join(result.stderr.replace("│", " ").split())
+    assert "Traceback" not in result.stderr
