@@ -119,7 +119,7 @@ def bench_end_to_end(root: Path, checkpoint: Path, batch_sizes: list[int]) -> li
     for bs in batch_sizes:
         with tempfile.TemporaryDirectory() as tmp:
             options = LabelOptions(batch_size=bs, output=Path(tmp) / "out", cache_dir=Path(tmp) / "cache")
-            res = label_dataset(root, ckpt.content_hash(), value_predictor(ckpt, use_ema=False, batch_size=bs), options)
+            res = label_dataset(root, ckpt.content_hash(), value_predictor(ckpt, use_ema=False), options)
         out.append({
             "batch_size": bs,
             "frames_predicted": res["frames_predicted"],

@@ -76,7 +76,7 @@ def label(
 
     with _label_progress() as (on_start, on_batch):
         result = label_dataset(
-            dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=use_ema, batch_size=batch_size), options,
+            dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=use_ema), options,
             on_start=on_start, on_batch=on_batch,
         )
     emit(result, as_json, _render_label)

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from recap_core.data.dataset import DatasetInfo
-from recap_core.errors import CheckpointError
 from recap_core.label.checkpoint import ValueCheckpoint
 from recap_core.label.pipeline import PredictorFactory
 from recap_core.label.predict import Batch, InferenceFrames, PredictFn
@@ -71,32 +70,35 @@ def load_value_model(ckpt: ValueCheckpoint, *, use_ema: bool, task_factory: Call
     return task, nnx.merge(parts.graphdef, parts.trainable, parts.frozen), mesh
 
 
-def value_task_factory() -> Callable[[Any], Any]:
-    """The task `recap value train` uses (recap_core.models.value.ValueTask)."""
-    try:
-        from recap_core.models.value import ValueTask
-    except ImportError as exc:
-        raise CheckpointError(
-            f"this recap installation cannot load value models ({exc})",
-            fix="reinstall recap (pip install -e .) so recap_core.models.value is present",
-        ) from exc
-    return ValueTask
+def value_task_factory(cameras: tuple[str, ...]) -> Callable[[Any], Any]:
+    """The task `recap value train` builds for a run config (`recap_core.train.jobs.task_for_config`)."""
+    from recap_core.data.loader import camera_name
+    from recap_core.train.jobs import task_for_config
+
+    names = tuple(camera_name(k) for k in cameras)
+    return lambda config: task_for_config(config, cameras=names)
+
+
+def _image_size(task: Any) -> tuple[int, int]:
+    size = getattr(task, "image_size", None)
+    if size is None:
+        size = getattr(getattr(task, "config", None), "image_size", DEFAULT_IMAGE_SIZE)
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def value_predictor(
     ckpt: ValueCheckpoint,
     *,
     use_ema: bool,
-    batch_size: int,
     task_factory: Callable[[Any], Any] | None = None,
     forward: ForwardFn = _call_predict,
 ) -> PredictorFactory:
     """A PredictorFactory for `label_dataset`; the model is loaded only when it is called."""
 
     def build(info: DatasetInfo, cameras: tuple[str, ...]) -> tuple[Callable[[np.ndarray], Batch], PredictFn]:
-        task, model, mesh = load_value_model(ckpt, use_ema=use_ema, task_factory=task_factory or value_task_factory())
-        size = tuple(getattr(task, "image_size", DEFAULT_IMAGE_SIZE))
-        frames = InferenceFrames(info.root, cameras=cameras, image_size=size)  # type: ignore[arg-type]
+        factory = task_factory or value_task_factory(cameras)
+        task, model, mesh = load_value_model(ckpt, use_ema=use_ema, task_factory=factory)
+        frames = InferenceFrames(info.root, cameras=cameras, image_size=_image_size(task))
         return frames, make_predict_fn(task, model, mesh, forward)
 
     return build

@@ -59,7 +59,7 @@ def test_predict_fn_matches_eager_model_and_pads_to_devices(toy_value_run):
 
 def test_label_with_real_checkpoint_and_decoded_frames(toy_value_run, src_dataset, tmp_path):
     ckpt = resolve_value_checkpoint(toy_value_run)
-    factory = value_predictor(ckpt, use_ema=True, batch_size=4, task_factory=lambda cfg: StateToyTask(), forward=toy_forward)
+    factory = value_predictor(ckpt, use_ema=True, task_factory=lambda cfg: StateToyTask(), forward=toy_forward)
     res = label_dataset(src_dataset, ckpt.content_hash(), factory, LabelOptions(output=tmp_path / "o", cache_dir=tmp_path / "c", batch_size=4))
     assert res["frames_predicted"] > 0 and res["frames_labelled"] > 0
     assert 0 < res["positive_fraction"] < 1
