@@ -223,19 +223,3 @@ def unnormalize(x: Any, stats: NormStats, *, use_quantiles: bool) -> Any:
         mean, std = xp.asarray(stats.mean[:d], dtype=dtype), xp.asarray(stats.std[:d], dtype=dtype)
         out = head * (std + EPS) + mean
     return _join(xp, out.astype(dtype), tail)
-
-
-def check_dims(stats: Mapping[str, NormStats], dims: Mapping[str, int], source: str) -> None:
-    """Raise when the stats of a key have fewer dimensions than the data they normalise."""
-    for key, dim in dims.items():
-        if key not in stats:
-            raise NormStatsError(
-                f"{source} has no norm stats for {key!r} (has {sorted(stats)})",
-                fix="recompute them with `recap data stats DATASET --output norm_stats.json`",
-            )
-        have = len(stats[key].mean)
-        if have < dim:
-            raise NormStatsError(
-                f"{source}: norm stats for {key!r} have {have} dimensions, the data has {dim}",
-                fix="recompute the stats on a dataset with the same state/action layout",
-            )
