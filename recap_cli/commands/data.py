@@ -127,5 +127,34 @@ def _render_report(r: dict) -> None:
         err_console.print(f"[yellow]problem:[/yellow] {problem}")
 
 
+@data_app.command("merge")
+def merge(
+    sources: Annotated[list[Path], typer.Argument(help="Two or more LeRobot v3.0 datasets with the same features.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New merged dataset directory.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON document.")] = False,
+) -> None:
+    """Merge datasets (e.g. rounds of collection) into a new one: episodes, frames and tasks are
+    re-indexed, every feature is kept, videos are concatenated without re-encoding, stats recomputed.
+
+    Example:  recap data merge data/round1 data/round2 --output data/all
+    """
+    import os
+
+    from recap_core.data.merge import merge_datasets
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lerobot's own bars; we show one status line
+    with err_console.status(f"merging {len(sources)} datasets"):
+        result = merge_datasets(sources, output, overwrite=overwrite)
+
+    def render(r: dict) -> None:
+        console.print(
+            f"[green]wrote[/green] {r['output']}: {r['episodes']} episodes, {r['frames']} frames, "
+            f"{len(r['tasks'])} tasks, {r['features']} features"
+        )
+
+    emit(result, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
