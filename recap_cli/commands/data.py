@@ -27,10 +27,10 @@ def stats(
         bool, typer.Option("--json", help='Print the openpi document {"norm_stats": {"state": ..., "actions": ...}}.')
     ] = False,
 ) -> None:
-    """Normalisation stats (mean, std, q01, q99 per dimension) of state and actions, in openpi's
-    norm_stats.json layout: openpi reads the file we write and we read theirs.
+    """Normalisation stats of state and actions, in openpi's norm_stats.json layout.
 
-    Computed from the parquet columns (no video decoding); quantiles are exact.
+    Mean, std, q01 and q99 per dimension, computed from the parquet columns (no video decoding;
+    exact quantiles). openpi reads the file we write and we read theirs.
 
     Example:  recap data stats ./towels --output ./towels_assets/norm_stats.json
     """
@@ -71,8 +71,10 @@ def inspect(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report (schema: recap_core.data.inspect).")] = False,
 ) -> None:
-    """Episodes, frames, fps, features, cameras, tasks, success rate, intervention fraction,
-    adv_ind counts, value_label range, and which stages the dataset is ready for (and why not).
+    """What a dataset holds and which stages it is ready for (and why not).
+
+    Episodes, frames, fps, features, cameras, tasks, success rate, intervention fraction,
+    adv_ind counts, value_label range and validation problems; reads no video.
 
     Example:  recap data inspect ./towels --json
     """
