@@ -93,6 +93,12 @@ class RunConfig(_Section):
     dataset: str
     init: str = "random"
     """`base` (published weights), `random`, or a path to a recap run directory / checkpoint step."""
+    model: dict[str, Any] = Field(default_factory=dict)
+    """The model config resolved from the preset (`kind` + its fields), so a run is self-contained."""
+    tokenizer: str | None = None
+    """Tokenizer model file; None: the preset's default (a built-in toy tokenizer for -tiny)."""
+    cameras: list[str] | None = None
+    """Dataset cameras to train on (short names); None: all of them."""
     steps: int = Field(30_000, ge=1)
     batch_size: int = Field(32, ge=1)
     """Global batch size (all devices, all hosts)."""
@@ -178,7 +184,8 @@ def _known_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[st
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
-    if dotted not in _known_keys():
+    # model.* keys are the model config's own fields: checked when the model config is built.
+    if dotted not in _known_keys() and not (dotted.startswith("model.") and dotted.count(".") == 1):
         close = [k for k in _known_keys() if k.split(".")[-1] == dotted.split(".")[-1]]
         hint = f"did you mean {', '.join(close)}?" if close else f"known keys: {', '.join(_known_keys())}"
         raise ConfigError(f"{origin}: unknown run-config key {dotted!r}", fix=hint)
@@ -259,9 +266,13 @@ def resolve_run_config(
     flags: dict[str, Any] | None = None,
     sets: list[str] | tuple[str, ...] = (),
     environ: dict[str, str] | None = None,
+    model: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Merge defaults < file < env < flags (named flags, then `--set`) into one validated RunConfig."""
-    tree: dict[str, Any] = _deep_merge(stage_defaults(stage, preset), {})
+    """Merge defaults < file < env < flags (named flags, then `--set`) into one validated RunConfig.
+
+    `model` is the preset's model config (part of the defaults layer; `--set model.X=...` edits it).
+    """
+    tree: dict[str, Any] = _deep_merge(stage_defaults(stage, preset), {"model": dict(model or {})})
     if config_file is not None:
         tree = _deep_merge(tree, read_config_file(config_file))
     tree = _deep_merge(tree, read_env(environ))

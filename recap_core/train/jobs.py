@@ -1,0 +1,151 @@
+"""From a resolved run config to a `TrainingJob`: check the dataset, build task, loaders, assets.
+
+This is the one place that knows which stage needs which columns, where the model config and the
+tokenizer come from, and how the episodes are split into train and validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from recap_core.config import RunConfig
+from recap_core.data.dataset import (
+    DatasetInfo,
+    camera_keys_for,
+    episode_lengths,
+    open_dataset,
+    require_columns,
+)
+from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
+from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
+from recap_core.errors import ConfigError
+from recap_core.train.loop import TrainingJob
+from recap_core.train.task import Task
+from recap_core.train.validation import split_episodes
+
+# What each stage reads, and the command a user runs in the error message.
+STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sft": ("observation.state", "action"),
+    "finetune": ("observation.state", "action", "adv_ind"),
+    "value": ("value_label",),
+}
+COMMANDS = {"sft": "recap sft", "finetune": "recap finetune", "value": "recap value train"}
+POLICY_KIND, VALUE_KIND = "pi0", "value"
+
+
+def tokenizer_path(config: RunConfig) -> Path:
+    """The run's tokenizer file: the config's, a toy one for -tiny presets, else from settings."""
+    if config.tokenizer:
+        return Path(config.tokenizer).expanduser()
+    from recap_core.settings import get_settings
+
+    settings = get_settings()
+    if config.preset.endswith("-tiny"):
+        from recap_core.models.tokenizer import _toy_corpus, build_toy_tokenizer
+
+        digest = hashlib.sha256("\n".join(_toy_corpus(())).encode()).hexdigest()[:12]
+        path = settings.cache_dir / f"toy_tokenizer-{digest}.model"
+        if not path.is_file():
+            build_toy_tokenizer(path)
+        return path
+    if config.stage == "value":
+        return settings.vlm_bundle_dir / "tokenizer.model"
+    if settings.paligemma_tokenizer is None:
+        raise ConfigError(
+            "no PaliGemma tokenizer configured for a real-size policy preset",
+            fix="set RECAP_PALIGEMMA_TOKENIZER=/path/paligemma_tokenizer.model (or --set tokenizer=PATH)",
+        )
+    return settings.paligemma_tokenizer
+
+
+def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple[str, ...] | None = None) -> Task:
+    """The task a run trains (also what `load_parts` needs to rebuild a finished run's model)."""
+    model = dict(config.model)
+    kind = model.pop("kind", None)
+    cams = tuple(cameras or config.cameras or ())
+    if config.stage in ("sft", "finetune"):
+        if kind not in (None, POLICY_KIND):
+            raise ConfigError(f"run config model.kind is {kind!r}; `{config.stage}` trains a {POLICY_KIND!r} model",
+                              fix=f"use a policy preset with {COMMANDS[config.stage]}")
+        from recap_core.models.pi0 import Pi0Config
+        from recap_core.models.tokenizer import PolicyTokenizer
+        from recap_core.train.policy_task import PolicyTask
+
+        model_config = Pi0Config.from_dict(model)
+        if config.stage == "finetune" and not model_config.pi06:
+            raise ConfigError(f"preset {config.preset} is a pi0.5 policy; finetune trains pi0.6 (adv_ind)",
+                              fix="use --preset pi06, pi06-lora or pi06-tiny")
+        tiny = config.preset.endswith("-tiny")
+        tokenizer = PolicyTokenizer(
+            tokenizer_path(config), model_config.max_token_len, indicator_dropout=config.data.adv_ind_dropout,
+            expected_vocab_size=None if tiny else model_config.vocab_size,
+        )
+        return PolicyTask(model_config, tokenizer, norm_stats, cams or model_config.image_keys)
+    from recap_core.train.value_task import value_task
+
+    return value_task(config, cams)
+
+
+def _loader(root: Path, config: RunConfig, task: Task, episodes: list[int] | None, *, train: bool) -> TrainLoader:
+    horizon = getattr(getattr(task, "model_config", None), "action_horizon", 1)
+    fields = {f.name for f in dataclasses.fields(LoaderConfig)}
+    extra = {"episodes": tuple(episodes)} if episodes is not None and "episodes" in fields else {}
+    return TrainLoader(root, LoaderConfig(
+        batch_size=config.batch_size,
+        action_horizon=horizon,
+        cameras=tuple(config.cameras) if config.cameras else None,
+        image_size=tuple(getattr(task, "image_size", (224, 224))),
+        seed=config.seed,
+        shuffle=config.data.shuffle and train,
+        num_workers=max(1, config.data.num_workers),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        **extra,
+    ))
+
+
+def check_dataset(config: RunConfig) -> DatasetInfo:
+    """Open the dataset and fail (before anything compiles) if it lacks what the stage needs."""
+    info = open_dataset(Path(config.dataset))
+    require_columns(info, STAGE_COLUMNS[config.stage], stage=COMMANDS[config.stage])
+    if config.cameras:
+        camera_keys_for(info, config.cameras)
+    return info
+
+
+def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJob:
+    info = check_dataset(config)
+    root = Path(config.dataset)
+    assets: dict[str, str] = {}
+    norm_stats = None
+    if config.stage != "value":
+        stats_file = Path(run_dir) / "assets" / "norm_stats.json"
+        # A resumed run keeps the stats it started with, even if the dataset grew since.
+        norm_stats = load_norm_stats(stats_file) if resuming and stats_file.is_file() else compute_norm_stats(root)
+        assets["norm_stats.json"] = json.dumps(norm_stats_to_json(norm_stats), indent=2) + "\n"
+    cameras = tuple(camera_name(k) for k in (camera_keys_for(info, config.cameras) if config.cameras
+                                             else info.camera_keys))
+    task = task_for_config(config, norm_stats=norm_stats, cameras=cameras)
+    train_eps, val_eps = split_episodes(sorted(episode_lengths(info)), config.val.fraction, config.seed)
+    can_hold_out = "episodes" in {f.name for f in dataclasses.fields(LoaderConfig)}
+    if not can_hold_out:
+        val_eps = []
+    train_data = _loader(root, config, task, train_eps if val_eps else None, train=True)
+    val_batches = None
+    if val_eps:
+        def val_batches() -> Any:
+            return iter(_loader(root, config, task, val_eps, train=False))
+
+    return TrainingJob(
+        task=task,
+        task_factory=lambda cfg: task_for_config(cfg),
+        train_data=train_data,
+        val_batches=val_batches,
+        assets=assets,
+    )
