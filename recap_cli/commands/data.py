@@ -15,7 +15,7 @@ data_app = typer.Typer(help="Inspect, merge and summarise datasets.", no_args_is
 
 @data_app.command("stats")
 def stats(
-    dataset: Annotated[Path, typer.Argument(help="LeRobot v3.0 dataset directory.")],
+    dataset: Annotated[Path, typer.Argument(help="LeRobot dataset directory (v3.0 or v2.1).")],
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write norm_stats.json here (a directory gets <dir>/norm_stats.json)."),

@@ -86,7 +86,7 @@ def stats_of(values: np.ndarray) -> NormStats:
 def compute_norm_stats(root: str | Path, columns: Mapping[str, str] | None = None) -> dict[str, NormStats]:
     """Norm stats of a LeRobot dataset's state and action columns, read from its parquet files.
 
-    `columns` maps the norm_stats key to the dataset column (default: state <- observation.state,
+    Works on LeRobot v3.0 and v2.1. `columns` maps the norm_stats key to the dataset column (default: state <- observation.state,
     actions <- action). Raises `DatasetError` naming the column when it is missing, not a
     vector of numbers, or holds NaN/inf.
     """
@@ -94,7 +94,8 @@ def compute_norm_stats(root: str | Path, columns: Mapping[str, str] | None = Non
     from recap_core.data.loader import vector_column
 
     columns = dict(columns or DEFAULT_COLUMNS)
-    info = open_dataset(Path(root))
+    # Only parquet columns are read, so v2.1 datasets (openpi's side) work as well as v3.0.
+    info = open_dataset(Path(root), version=None)
     table = read_table(info, list(columns.values()))
     if table.num_rows == 0:
         raise DatasetError(f"dataset {info.root} has no frames", fix="record at least one episode")

@@ -147,3 +147,14 @@ def test_nan_in_dataset_is_named(tiny_dataset_two_tasks: Path, tmp_path: Path) -
     pq.write_table(table, path)
     with pytest.raises(DatasetError, match=r"'observation\.state'.*NaN/inf.*row 3, dim 2"):
         compute_norm_stats(root)
+
+
+def test_v21_dataset_gives_the_same_stats(tiny_dataset_two_tasks: Path, tmp_path: Path) -> None:
+    from recap_core.data.versions import v30_to_v21
+
+    v21 = tmp_path / "v21"
+    v30_to_v21(tiny_dataset_two_tasks, v21)
+    ours, theirs = compute_norm_stats(tiny_dataset_two_tasks), compute_norm_stats(v21)
+    for key in ours:
+        np.testing.assert_allclose(theirs[key].q99, ours[key].q99, rtol=1e-12)
+        np.testing.assert_allclose(theirs[key].mean, ours[key].mean, rtol=1e-12)
