@@ -113,5 +113,41 @@ def _render_label(result: dict) -> None:
     console.print(f"wrote [bold]{result['output']}[/bold] in {result['seconds']:.1f} s")
 
 
+@value_app.command("train")
+def train(
+    dataset: Annotated[Path, typer.Argument(help="LeRobot v3.0 dataset with the value_label column.")],
+    preset: Annotated[str, typer.Option("--preset", help="value | value-tiny")] = "value",
+    freeze_mode: Annotated[
+        str | None, typer.Option("--freeze-mode", help="all_backbones (default) | siglip_only | none")
+    ] = None,
+    ema: Annotated[
+        bool | None, typer.Option("--ema/--no-ema", help="Keep an EMA of the trained params (default: on, 0.99).")
+    ] = None,
+    init: Annotated[str, typer.Option("--init", help="base (the VLM bundle) | random | PATH (a value run).")] = "base",
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/value-<preset>).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Total optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue --run-dir from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --run-dir.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a run-config key (repeat).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Run config file (TOML or config.json).")] = None,
+    fsdp_devices: Annotated[int | None, typer.Option("--fsdp-devices", help="FSDP shard count.")] = None,
+    cameras: Annotated[list[str] | None, typer.Option("--cameras", help="Cameras to train on (repeat).")] = None,
+    wandb: Annotated[str | None, typer.Option("--wandb", help="online | offline")] = None,
+    no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the doctor's checks.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON document.")] = False,
+) -> None:
+    """Train the C51 value model on value_label (RECAP stage 4); saves only the unfrozen params + EMA.
+
+    Example:  recap value train data/rollouts --preset value --freeze-mode all_backbones --run-dir runs/value
+    """
+    from recap_cli.commands.train import run_training
+
+    run_training("value", dataset, preset=preset, init=init, run_dir=run_dir, steps=steps, batch_size=batch_size,
+                 resume=resume, overwrite=overwrite, sets=[*(set_ or []), *(["ema_decay=none"] if ema is False else [])],
+                 config_file=config, fsdp_devices=fsdp_devices, cameras=cameras, wandb=wandb,
+                 no_preflight=no_preflight, as_json=as_json, extra_flags={"freeze_mode": freeze_mode})
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(value_app, name="value")

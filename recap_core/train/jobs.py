@@ -39,6 +39,28 @@ COMMANDS = {"sft": "recap sft", "finetune": "recap finetune", "value": "recap va
 POLICY_KIND, VALUE_KIND = "pi0", "value"
 
 
+def preset_model(stage: str, preset: str) -> dict[str, Any]:
+    """The preset's model config as plain data (`kind` + fields), stored in the run config."""
+    if stage == "value":
+        from recap_core.models.value import VALUE_PRESETS, value_config
+
+        if not preset.startswith("value"):
+            raise ConfigError(f"preset {preset!r} is not a value-model preset",
+                              fix=f"use one of: {', '.join(sorted(VALUE_PRESETS))}")
+        value_config(preset)  # unknown names raise a ConfigError listing the presets
+        return {"kind": VALUE_KIND, "name": preset}
+    try:
+        from recap_core.presets import get_preset
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"policy preset {preset!r}: recap_core.presets is not available in this install",
+                          fix="reinstall recap (pip install -e .)") from exc
+    found = get_preset(preset)
+    model = getattr(found, "model", found)
+    if not hasattr(model, "to_dict") or not hasattr(model, "pi06"):
+        raise ConfigError(f"preset {preset!r} is not a policy preset", fix=f"{COMMANDS[stage]} needs a pi05/pi06 preset")
+    return {"kind": POLICY_KIND, **model.to_dict()}
+
+
 def tokenizer_path(config: RunConfig) -> Path:
     """The run's tokenizer file: the config's, a toy one for -tiny presets, else from settings."""
     if config.tokenizer:
@@ -131,6 +153,7 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
         assets["norm_stats.json"] = json.dumps(norm_stats_to_json(norm_stats), indent=2) + "\n"
     cameras = tuple(camera_name(k) for k in (camera_keys_for(info, config.cameras) if config.cameras
                                              else info.camera_keys))
+    config.cameras = list(cameras)  # recorded in config.json: loading the run needs the same cameras
     task = task_for_config(config, norm_stats=norm_stats, cameras=cameras)
     train_eps, val_eps = split_episodes(sorted(episode_lengths(info)), config.val.fraction, config.seed)
     can_hold_out = "episodes" in {f.name for f in dataclasses.fields(LoaderConfig)}
