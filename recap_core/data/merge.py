@@ -50,7 +50,8 @@ def check_compatible(infos: list[DatasetInfo]) -> None:
         for key in first.features:
             fa, fb = _feature_view(first.features[key]), _feature_view(other.features[key])
             if fa != fb:
-                field = next(k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k))
+                order = ["dtype", "shape", "names", "info", *sorted(set(fa) | set(fb))]
+                field = next(k for k in order if fa.get(k) != fb.get(k))
                 raise DatasetError(
                     f"feature {key!r} differs in {field}: {fa.get(field)!r} in {first.root} vs {fb.get(field)!r} in {other.root}",
                     fix="re-record or re-convert one dataset so shapes, dtypes, names and video settings agree",
