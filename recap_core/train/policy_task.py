@@ -107,15 +107,28 @@ class PolicyTask:
             return x.astype(np.float32)
         return np.asarray(normalize(x.astype(np.float32), self.norm_stats[key], use_quantiles=True))
 
-    def make_inputs(self, batch: Mapping[str, Any], rng: np.random.Generator, *, train: bool) -> dict[str, Any]:
+    def observation_inputs(
+        self, batch: Mapping[str, Any], rng: np.random.Generator | None, *, with_unconditional: bool = False
+    ) -> dict[str, Any]:
+        """Images, masks and prompt tokens of a batch without actions (serving uses this too).
+
+        `rng` None: the advantage clause is never dropped (inference). `with_unconditional` adds
+        the prompts without the clause (`uncond_tokens`, `uncond_token_mask`) for CFG sampling.
+        """
         cfg = self.model_config
         state = self._normalise(STATE, np.asarray(batch["state"]))
-        adv = [str(a) for a in batch["adv_ind"]] if cfg.pi06 else None
+        adv = [str(a) for a in batch["adv_ind"]] if cfg.pi06 and "adv_ind" in batch else None
         if cfg.pi06 and adv is None:
             raise DatasetError("batch has no adv_ind", fix="finetune needs the adv_ind column")
         tokens = self.tokenizer.tokenize_batch(
-            [str(p) for p in batch["prompt"]], state, adv, rng=rng if train else None
+            [str(p) for p in batch["prompt"]], state, adv, rng=rng, with_unconditional=with_unconditional
         )
+        images, masks = images_to_model(batch, self.camera_map, cfg.image_keys, cfg.image_size)
+        return {"images": images, "image_masks": masks, **tokens}
+
+    def make_inputs(self, batch: Mapping[str, Any], rng: np.random.Generator, *, train: bool) -> dict[str, Any]:
+        cfg = self.model_config
+        inputs = self.observation_inputs(batch, rng if train else None)
         actions = self._normalise(ACTIONS, np.asarray(batch["actions"]))[:, : cfg.action_horizon]
         if actions.shape[-1] > cfg.action_dim:
             raise DatasetError(
@@ -125,12 +138,8 @@ class PolicyTask:
             )
         padded = np.zeros((*actions.shape[:2], cfg.action_dim), np.float32)
         padded[..., : actions.shape[-1]] = actions
-        images, masks = images_to_model(batch, self.camera_map, cfg.image_keys, cfg.image_size)
         return {
-            "images": images,
-            "image_masks": masks,
-            "tokens": tokens["tokens"],
-            "token_mask": tokens["token_mask"],
+            **inputs,
             "actions": padded,
             "action_is_pad": np.asarray(batch["action_is_pad"], bool)[:, : cfg.action_horizon],
         }
