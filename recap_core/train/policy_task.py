@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from recap_core.data.stats import ACTIONS, STATE, NormStats, normalize
+from recap_core.data.stats import ACTIONS, STATE, NormStats, normalize, unnormalize
 from recap_core.errors import DatasetError
 from recap_core.models.pi0 import Pi0Config
 from recap_core.models.tokenizer import PolicyTokenizer
@@ -106,6 +106,12 @@ class PolicyTask:
         if self.norm_stats is None:
             return x.astype(np.float32)
         return np.asarray(normalize(x.astype(np.float32), self.norm_stats[key], use_quantiles=True))
+
+    def unnormalise_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Model actions back to robot units (the inverse of the training normalisation)."""
+        if self.norm_stats is None:
+            return np.asarray(actions, np.float32)
+        return np.asarray(unnormalize(np.asarray(actions, np.float32), self.norm_stats[ACTIONS], use_quantiles=True))
 
     def observation_inputs(
         self, batch: Mapping[str, Any], rng: np.random.Generator | None, *, with_unconditional: bool = False
