@@ -25,11 +25,11 @@ from recap_core.data.dataset import (
     V21,
     V30,
     ProgressFn,
-    _read_parquet,
     column_array,
     data_files,
     dataset_version,
     open_dataset,
+    read_parquet,
     read_table,
     validate_dataset,
 )
@@ -200,7 +200,7 @@ def convert_lerobot(
             v21_to_v30(src, source)
         info = open_dataset(source, version=V30)
         for path in data_files(info):
-            _read_parquet(path, ["index"])
+            read_parquet(path, ["index"])
         validate_dataset(info)
         columns = [c for c in (success, intervention) if c in info.features]
         table = read_table(info, ["frame_index", *columns])

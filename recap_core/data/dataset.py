@@ -183,7 +183,7 @@ def _read_tasks(root: Path, version: str) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"{path} is missing", fix="the dataset is incomplete; re-create or re-download it")
     # A pandas DataFrame indexed by the task string: columns task_index + __index_level_0__.
-    table = _read_parquet(path)
+    table = read_parquet(path)
     names = [c for c in table.column_names if c != "task_index"]
     index = table.column("task_index").to_pylist()
     tasks = table.column(names[0]).to_pylist() if names else []
@@ -221,7 +221,8 @@ def require_columns(info: DatasetInfo, columns: Iterable[str], *, stage: str) ->
 # Reading tabular columns
 
 
-def _read_parquet(path: Path, columns: Sequence[str] | None = None):
+def read_parquet(path: Path, columns: Sequence[str] | None = None):
+    """A parquet file as a pyarrow Table; a truncated or corrupt file is a DatasetError naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -248,7 +249,7 @@ def read_table(info: DatasetInfo, columns: Sequence[str] | None = None):
     if columns is not None:
         require_columns(info, [c for c in columns if c not in INDEX_COLUMNS], stage="reading the dataset")
         columns = list(dict.fromkeys([*columns, "episode_index", "index"]))
-    tables = [_read_parquet(p, columns) for p in data_files(info)]
+    tables = [read_parquet(p, columns) for p in data_files(info)]
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     return table.sort_by("index")
 
@@ -342,7 +343,8 @@ def validate_dataset(info: DatasetInfo, *, columns: Sequence[str] = (), check_vi
             _check_video_files(info)
 
 
-def _episodes_meta(info: DatasetInfo):
+def read_episodes_meta(info: DatasetInfo, *, with_stats: bool = False):
+    """`meta/episodes/*.parquet` as one Table sorted by episode_index (per-episode stats optional)."""
     files = sorted((info.root / "meta" / "episodes").glob("**/*.parquet"))
     if not files:
         raise DatasetError(f"{info.root / 'meta' / 'episodes'} holds no parquet files", fix="the dataset is incomplete; re-create it")
@@ -350,13 +352,13 @@ def _episodes_meta(info: DatasetInfo):
 
     tables = []
     for path in files:
-        table = _read_parquet(path)
-        tables.append(table.select([c for c in table.column_names if not c.startswith("stats/")]))
+        table = read_parquet(path)
+        tables.append(table if with_stats else table.select([c for c in table.column_names if not c.startswith("stats/")]))
     return pa.concat_tables(tables, promote_options="default").sort_by("episode_index")
 
 
 def _check_episodes(info: DatasetInfo, table) -> None:
-    meta = _episodes_meta(info)
+    meta = read_episodes_meta(info)
     lengths = dict(zip(*np.unique(table.column("episode_index").to_numpy(), return_counts=True), strict=True))
     for ep, length in zip(meta.column("episode_index").to_pylist(), meta.column("length").to_pylist(), strict=True):
         if length == 0 or lengths.get(ep, 0) == 0:
@@ -374,7 +376,7 @@ def _check_episodes(info: DatasetInfo, table) -> None:
 def _check_video_files(info: DatasetInfo) -> None:
     if not info.video_keys:
         return
-    meta = _episodes_meta(info)
+    meta = read_episodes_meta(info)
     template = info.info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
     for key in info.video_keys:
         chunks = meta.column(f"videos/{key}/chunk_index").to_pylist()
@@ -490,3 +492,8 @@ def write_episode(
         frame["task"] = tasks if isinstance(tasks, str) else str(tasks[t])
         ds.add_frame(frame)
     ds.save_episode()
+
+
+# Older names, still imported by other modules.
+_read_parquet = read_parquet
+_episodes_meta = read_episodes_meta

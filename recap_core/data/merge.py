@@ -60,8 +60,6 @@ def check_compatible(infos: list[DatasetInfo]) -> None:
 
 def merge_datasets(sources: list[Path], out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Merge `sources` (v3.0 datasets, in order) into a new dataset at `out`; returns a summary."""
-    from lerobot.datasets.aggregate import aggregate_datasets
-
     if len(sources) < 2:
         raise DatasetError(f"merge needs at least two datasets, got {len(sources)}", fix="pass two or more dataset paths")
     resolved = [Path(s).resolve() for s in sources]
@@ -71,6 +69,8 @@ def merge_datasets(sources: list[Path], out: Path, *, overwrite: bool = False) -
     for info in infos:
         validate_dataset(info)
     check_compatible(infos)
+    from lerobot.datasets.aggregate import aggregate_datasets  # slow import: only once inputs are good
+
     quiet_writers()
     with output_dataset_dir(out, overwrite, inputs=tuple(Path(s) for s in sources)) as tmp:
         with contextlib.redirect_stdout(sys.stderr):

@@ -25,9 +25,10 @@ from recap_core.data.dataset import (
     V21,
     V30,
     ProgressFn,
-    _read_parquet,
     data_files,
     open_dataset,
+    read_episodes_meta,
+    read_parquet,
     read_table,
 )
 from recap_core.errors import DatasetError
@@ -91,8 +92,8 @@ def v30_to_v21(src: Path, out: Path, *, overwrite: bool = False, progress: Progr
     info = open_dataset(src, version=V30)
     table = read_table(info)
     for path in data_files(info):  # every file must read before we start writing
-        _read_parquet(path, ["index"])
-    episodes = _episodes_meta_with_stats(info)
+        read_parquet(path, ["index"])
+    episodes = read_episodes_meta(info, with_stats=True).to_pylist()
     chunks_size = int(info.info.get("chunks_size", 1000))
     video_template = info.info.get("video_path")
     schema_metadata = pq.read_schema(data_files(info)[0]).metadata
@@ -146,14 +147,6 @@ def v30_to_v21(src: Path, out: Path, *, overwrite: bool = False, progress: Progr
     return {"output": str(out), "version": V21, "episodes": info.episodes, "frames": info.frames, "cameras": list(info.cameras)}
 
 
-def _episodes_meta_with_stats(info) -> list[dict[str, Any]]:
-    import pyarrow as pa
-
-    files = sorted((info.root / "meta" / "episodes").glob("**/*.parquet"))
-    table = pa.concat_tables([_read_parquet(p) for p in files], promote_options="default").sort_by("episode_index")
-    return table.to_pylist()
-
-
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -165,10 +158,11 @@ def v21_to_v30(src: Path, out: Path, *, overwrite: bool = False) -> dict[str, An
     output's temporary directory: metadata is copied, data and videos are hard links (the
     converter only reads them and writes new concatenated files).
     """
-    from lerobot.datasets.v30.convert_dataset_v21_to_v30 import convert_dataset
-
     src = Path(src)
     info = open_dataset(src, version=V21)
+    # Slow import: only after the input checks passed.
+    from lerobot.datasets.v30.convert_dataset_v21_to_v30 import convert_dataset
+
     with atomic_output_dir(out, overwrite, inputs=(src,)) as tmp:
         work = tmp / ".work"
         staged = work / "local" / "dataset"
