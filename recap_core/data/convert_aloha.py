@@ -33,6 +33,7 @@ from recap_core.data.dataset import (
     write_episode,
 )
 from recap_core.errors import DatasetError
+from recap_core.fsutil import check_output
 
 EPISODE_FILE = re.compile(r"^episode_(\d+)\.hdf5$")
 
@@ -156,6 +157,7 @@ def convert_aloha_hdf5(
         raise DatasetError(f"--fps {fps} must be positive", fix="pass the recording rate, e.g. --fps 50")
     if not task.strip():
         raise DatasetError("--task is empty", fix='describe the task, e.g. --task "fold the towel"')
+    check_output(Path(out), overwrite, inputs=(Path(raw_dir),))  # fail fast, before reading anything
     files = episode_files(raw_dir)
     episodes = [scan_episode(p, task) for p in files]
     _check_consistent(episodes)

@@ -34,7 +34,7 @@ from recap_core.data.dataset import (
     validate_dataset,
 )
 from recap_core.errors import DatasetError
-from recap_core.fsutil import atomic_output_dir, link_or_copy
+from recap_core.fsutil import atomic_output_dir, check_output, link_or_copy
 
 TRUE_WORDS = {"1", "true", "yes", "success", "t", "y"}
 FALSE_WORDS = {"0", "false", "no", "failure", "fail", "f", "n"}
@@ -185,6 +185,7 @@ def convert_lerobot(
     from recap_core.data.versions import v21_to_v30
 
     src = Path(src)
+    check_output(Path(out), overwrite, inputs=(src,))  # fail fast, before reading anything
     version = dataset_version(src)
     pre = open_dataset(src, version=None)
     present = [c for c in schema.RECAP_COLUMNS if c in pre.features]

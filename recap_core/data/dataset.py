@@ -310,6 +310,12 @@ def validate_dataset(info: DatasetInfo, *, columns: Sequence[str] = (), check_vi
                     f"column {name!r} in {info.root / 'meta' / 'info.json'} has dtype {got!r}; expected {want!r}",
                     fix="re-create the RECAP columns with: recap convert lerobot IN OUT",
                 )
+    for name in (STATE, ACTION):
+        if name in info.features and info.features[name].get("dtype") not in ("float32", "float64"):
+            raise DatasetError(
+                f"column {name!r} in {info.root / 'meta' / 'info.json'} has dtype {info.features[name].get('dtype')!r}; expected 'float32'",
+                fix="store joint positions and actions as float32 vectors and convert again",
+            )
     numeric = [c for c in (*columns, STATE, ACTION) if c in info.features and info.features[c]["dtype"] not in ("string", "video", "image")]
     numeric = list(dict.fromkeys(numeric))
     present = [c for c in (*numeric, schema.ADV_IND) if c in info.features]

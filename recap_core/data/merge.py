@@ -22,6 +22,7 @@ from recap_core.data.dataset import (
     validate_dataset,
 )
 from recap_core.errors import DatasetError
+from recap_core.fsutil import check_output
 
 
 def _feature_view(spec: dict) -> dict:
@@ -62,6 +63,7 @@ def merge_datasets(sources: list[Path], out: Path, *, overwrite: bool = False) -
     """Merge `sources` (v3.0 datasets, in order) into a new dataset at `out`; returns a summary."""
     if len(sources) < 2:
         raise DatasetError(f"merge needs at least two datasets, got {len(sources)}", fix="pass two or more dataset paths")
+    check_output(Path(out), overwrite, inputs=tuple(Path(s) for s in sources))  # fail fast, before reading anything
     resolved = [Path(s).resolve() for s in sources]
     if len(set(resolved)) != len(resolved):
         raise DatasetError("the same dataset is given twice", fix="pass each dataset once")

@@ -32,7 +32,7 @@ from recap_core.data.dataset import (
     read_table,
 )
 from recap_core.errors import DatasetError
-from recap_core.fsutil import atomic_output_dir, link_or_copy
+from recap_core.fsutil import atomic_output_dir, check_output, link_or_copy
 
 V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
@@ -89,6 +89,7 @@ def v30_to_v21(src: Path, out: Path, *, overwrite: bool = False, progress: Progr
     """Write a LeRobot v2.1 copy of the v3.0 dataset `src` at `out`."""
     import pyarrow.parquet as pq
 
+    check_output(Path(out), overwrite, inputs=(Path(src),))  # fail fast, before reading anything
     info = open_dataset(src, version=V30)
     table = read_table(info)
     for path in data_files(info):  # every file must read before we start writing
@@ -159,6 +160,7 @@ def v21_to_v30(src: Path, out: Path, *, overwrite: bool = False) -> dict[str, An
     converter only reads them and writes new concatenated files).
     """
     src = Path(src)
+    check_output(Path(out), overwrite, inputs=(src,))
     info = open_dataset(src, version=V21)
     # Slow import: only after the input checks passed.
     from lerobot.datasets.v30.convert_dataset_v21_to_v30 import convert_dataset

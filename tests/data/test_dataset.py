@@ -148,3 +148,12 @@ def test_truncated_parquet(tiny_dataset: Path, tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DatasetError, match=r"file-000.parquet cannot be read as parquet.*truncated"):
         D.validate_dataset(D.open_dataset(root))
+
+
+def test_state_with_wrong_dtype(tiny_dataset: Path, tmp_path: Path) -> None:
+    root = copy_dataset(tiny_dataset, tmp_path / "ds")
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"]["observation.state"]["dtype"] = "string"
+    (root / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"'observation.state' .* has dtype 'string'; expected 'float32'"):
+        D.validate_dataset(D.open_dataset(root))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recap_core.data import schema
 from recap_core.errors import DatasetError
@@ -72,3 +74,25 @@ def test_value_label_range_and_monotone(length: int) -> None:
     labels = schema.episode_labels(length, True, None, t_max=60)
     assert labels.value_label.min() >= -1 and labels.value_label.max() == 0
     assert np.all(np.diff(labels.value_label) > 0) or length == 1
+
+
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    data=st.data(),
+)
+@settings(max_examples=60, deadline=None)
+def test_label_invariants(lengths: list[int], data: st.DataObject) -> None:
+    n = len(lengths)
+    successes = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    tasks = data.draw(st.lists(st.sampled_from(["a", "b"]), min_size=n, max_size=n))
+    penalty = data.draw(st.floats(0.0, 3.0))
+    out = schema.recap_labels(lengths, successes, None, tasks, failure_penalty=penalty)
+    for labels, length, ok in zip(out, lengths, successes, strict=True):
+        assert len(labels.value_label) == length
+        assert labels.value_label.min() >= -1 and labels.value_label.max() <= 0
+        # value_label is the clipped reverse cumulative sum of reward_label.
+        rtg = np.cumsum(labels.reward_label[::-1].astype(np.float64))[::-1]
+        np.testing.assert_allclose(labels.value_label, np.clip(rtg, -1, 0), atol=1e-5)
+        assert labels.reward.sum() == (1.0 if ok else 0.0)
+        if ok:
+            assert labels.value_label[-1] == 0
