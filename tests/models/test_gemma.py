@@ -117,6 +117,7 @@ def _prefix_suffix_inputs(model: gemma.Gemma, seed: int, prefix_len: int = 6, su
     return prefix, suffix, prefix_valid, cond
 
 
+@nnx.jit  # one compilation instead of one per eager op
 def _full_forward(model: gemma.Gemma, prefix, suffix, prefix_valid, cond):
     valid = jnp.concatenate([prefix_valid, jnp.ones(suffix.shape[:2], bool)], axis=1)
     ar = jnp.asarray([False] * prefix.shape[1] + [True] + [False] * (suffix.shape[1] - 1))
