@@ -125,6 +125,7 @@ class PolicyTokenizer:
             raise TokenizerError(f"indicator_dropout={indicator_dropout} is not a probability",
                                  fix="use a value in [0, 1] (paper: 0.3)")
         self.processor = load_sentencepiece(path, expected_vocab_size, what="PaliGemma")
+        self.path = Path(path)
         self.max_len = max_len
         self.indicator_dropout = indicator_dropout
 
