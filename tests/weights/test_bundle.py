@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,11 @@ def test_corrupt_npz_and_missing_parts(tmp_path: Path, value_model) -> None:
     with pytest.raises(BundleError, match="does not exist"):
         resolve_bundle(tmp_path / "nope")
     write_bundle(tmp_path / "b", sentinel_params(value_model))
-    with pytest.raises(BundleError, match="tokenizer.model"):
+    with pytest.raises(BundleError, match=r"tokenizer\.model"):
         resolve_bundle(tmp_path / "b")
     npz_path = tmp_path / "b" / BUNDLE_SIGLIP / SIGLIP_NPZ
     npz_path.write_bytes(npz_path.read_bytes()[:100])
-    with pytest.raises(BundleError, match=SIGLIP_NPZ):
+    with pytest.raises(BundleError, match=re.escape(SIGLIP_NPZ)):
         load_value_bundle(tmp_path / "b", value_model)
     (tmp_path / "b" / BUNDLE_GEMMA / "_METADATA").unlink()
     with pytest.raises(CheckpointError, match="_METADATA is missing"):
