@@ -11,6 +11,7 @@ line, and indicator dropout is never applied at inference.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ class ServeOptions:
     require_adv_ind: bool = False
     cfg_beta: float = 1.0  # > 1 turns on classifier-free guidance (pi0.6 paper)
     num_steps: int = 10  # flow-matching denoising steps
+    seed: int = 0  # of the sampling noise: the same seed answers the same requests identically
 
     def __post_init__(self) -> None:
         if self.default_adv_ind not in ADV_IND_VALUES:
@@ -63,6 +65,8 @@ class RunCheckpoint:
 # (checkpoint, options) -> Policy
 PolicyBuilder = Callable[[RunCheckpoint, ServeOptions], Policy]
 _BUILDERS: dict[str, PolicyBuilder] = {}
+# Modules that register the builders recap ships; imported on first load (they import jax).
+BUILTIN_BUILDER_MODULES = ("recap_core.serve.pi0_policy",)
 
 
 def register_policy_builder(kind: str, builder: PolicyBuilder) -> None:
@@ -123,6 +127,9 @@ def load_policy(path: Path | RunCheckpoint, options: ServeOptions | None = None)
     """The policy a run (or checkpoint) serves, ready for `PolicyServer`."""
     checkpoint = path if isinstance(path, RunCheckpoint) else resolve_checkpoint(path)
     kind = checkpoint.model_kind
+    if kind not in _BUILDERS:
+        for module in BUILTIN_BUILDER_MODULES:
+            importlib.import_module(module)
     builder = _BUILDERS.get(kind)
     if builder is None:
         known = sorted(_BUILDERS) or ["none registered"]

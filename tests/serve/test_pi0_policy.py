@@ -1,0 +1,243 @@
+"""Serving real trained pi0.6 / pi0.5 runs: the `pi0` builder behind `recap serve RUN`.
+
+Two tiny runs are trained once for the module (one optimiser step each, the real loader,
+tokenizer, model and orbax checkpoints), then served through the same code path as the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from recap_core.errors import CheckpointError, ServeError, TokenizerError
+from recap_core.serve.loading import ServeOptions, load_policy
+from recap_core.serve.server import ServerConfig, ServerThread
+from tests.conftest import run_recap
+from tests.serve.test_cli import ENV, RECAP, _read_ready_json
+
+STATE_DIM, ACTION_DIM, HORIZON, MODEL_ACTION_DIM = 6, 5, 4, 8
+TINY_PI0 = {
+    "kind": "pi0",
+    "paligemma_variant": "dummy",
+    "action_expert_variant": "dummy_expert",
+    "siglip_variant": "tiny",
+    "image_size": 32,
+    "action_dim": MODEL_ACTION_DIM,
+    "action_horizon": HORIZON,
+    "max_token_len": 48,
+    "vocab_size": 512,
+    "dtype": "float32",
+    "remat": False,
+}
+
+
+def _train(root: Path, stage: str, preset: str, dataset: Path, tokenizer: Path) -> Path:
+    from recap_core.config import resolve_run_config
+    from recap_core.train.jobs import build_job
+    from recap_core.train.loop import train
+
+    flags = {"steps": 1, "batch_size": 2, "log_every": 1, "checkpoint.every": 1, "val.fraction": 0.0}
+    config = resolve_run_config(stage, preset, dataset, flags=flags, environ={},
+                                model={**TINY_PI0, "pi06": stage == "finetune"}, sets=[f"tokenizer={tokenizer}"])
+    run = root / f"{preset}-run"
+    train(build_job(config, run, resuming=False), config, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from recap_core.data.synthetic import make_dataset
+    from recap_core.models.tokenizer import build_toy_tokenizer
+
+    root = tmp_path_factory.mktemp("pi0serve")
+    tokenizer = build_toy_tokenizer(root / "tok.model")
+    dataset = make_dataset(root / "ds", episodes=2, frames=6, state_dim=STATE_DIM, action_dim=ACTION_DIM,
+                           image_size=16, tasks=("pick up the cube",))
+    return {
+        "pi06": _train(root, "finetune", "pi06-tiny", dataset, tokenizer),
+        "pi05": _train(root, "sft", "pi05-tiny", dataset, tokenizer),
+    }
+
+
+@pytest.fixture(scope="module")
+def pi06_policy(runs: dict[str, Path]):
+    return load_policy(runs["pi06"], ServeOptions(num_steps=3))
+
+
+def _observation(seed: int = 0, **extra: object) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "state": rng.uniform(-1, 1, STATE_DIM).astype(np.float32),
+        # openpi's ALOHA layout: CHW uint8 at 224, resized to the model's 32 by the server.
+        "images": {"cam_high": rng.integers(0, 256, (3, 224, 224), dtype=np.uint8),
+                   "cam_left_wrist": rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)},
+        "prompt": "pick up the cube",
+        **extra,
+    }
+
+
+def _batch(policy, **extra: object) -> dict:
+    from recap_core.serve.observation import prepare_observation
+
+    return prepare_observation(_observation(**extra), policy.spec)
+
+
+@pytest.fixture(scope="module")
+def served_pi06(runs: dict[str, Path]) -> Iterator[tuple[subprocess.Popen, dict]]:
+    proc = subprocess.Popen(
+        [*RECAP, "serve", str(runs["pi06"]), "--port", "0", "--json", "--num-steps", "3", "--no-preflight"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        yield proc, _read_ready_json(proc, timeout_s=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_recap_serve_run_answers_the_openpi_client(served_pi06: tuple[subprocess.Popen, dict]) -> None:
+    _, ready = served_pi06
+    client = WebsocketClientPolicy(ready["url"].removeprefix("ws://").rsplit(":", 1)[0],
+                                   port=int(ready["url"].rsplit(":", 1)[1]))
+    meta = client.get_server_metadata()
+    assert meta["model"] == "pi0.6" and meta["params"] == "ema" and meta["step"] == 1
+    assert meta["adv_ind"]["default"] == "positive" and meta["adv_ind"]["conditioned"]
+    assert meta["cameras"] == ["cam_high", "cam_left_wrist"] and meta["state_dim"] == STATE_DIM
+    assert meta["default_prompt"] == "pick up the cube"  # the dataset's only task
+    for extra in ({}, {"adv_ind": "negative"}, {"adv_ind": "none"}):
+        out = client.infer(_observation(**extra))
+        # The model pads actions to 8 dims; the robot gets its own 5, unnormalised, float32.
+        assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
+        assert np.isfinite(out["actions"]).all()
+    with pytest.raises(RuntimeError, match="adv_ind"):
+        client.infer(_observation(adv_ind="great"))
+    assert client.infer(_observation())["actions"].shape == (HORIZON, ACTION_DIM)  # still serving
+
+
+def test_actions_are_deterministic_given_noise_or_seed(pi06_policy) -> None:
+    from recap_core.serve.pi0_policy import Pi0Sampler
+
+    sampler = pi06_policy._sample_actions
+    batch = _batch(pi06_policy)
+    noise = np.random.default_rng(3).standard_normal(sampler.noise_shape).astype(np.float32)
+    first = sampler.sample(batch, noise)
+    np.testing.assert_array_equal(first, sampler.sample(batch, noise))
+    assert not np.allclose(first, sampler.sample(batch, noise + 1.0))
+    # Two samplers with the same seed answer the same request sequence identically...
+    a, b = (Pi0Sampler(sampler.task, sampler.parts, num_steps=3, cfg_beta=1.0, seed=7) for _ in range(2))
+    answers_a, answers_b = [a(batch), a(batch)], [b(batch), b(batch)]
+    np.testing.assert_array_equal(answers_a[0], answers_b[0])
+    np.testing.assert_array_equal(answers_a[1], answers_b[1])
+    # ...with fresh noise per request, as openpi's policy splits its rng per call.
+    assert not np.array_equal(answers_a[0], answers_a[1])
+
+
+def test_adv_ind_reaches_the_prompt_and_changes_the_actions(pi06_policy) -> None:
+    sampler = pi06_policy._sample_actions
+    inputs = {ind: sampler.inputs(_batch(pi06_policy, adv_ind=ind)) for ind in ("positive", "negative", "none")}
+    tok = sampler.task.tokenizer
+    texts = {ind: tok.processor.DecodeIds([int(t) for t, m in zip(x["tokens"][0], x["token_mask"][0], strict=True)
+                                             if m and t != tok.processor.bos_id()])
+             for ind, x in inputs.items()}
+    assert "Advantage: positive" in texts["positive"] and "Advantage: negative" in texts["negative"]
+    assert "Advantage" not in texts["none"]
+    # Indicator dropout is off when serving: 50 requests all keep the clause.
+    for _ in range(50):
+        np.testing.assert_array_equal(sampler.inputs(_batch(pi06_policy, adv_ind="positive"))["tokens"],
+                                      inputs["positive"]["tokens"])
+    noise = np.random.default_rng(1).standard_normal(sampler.noise_shape).astype(np.float32)
+    pos = sampler.sample(_batch(pi06_policy, adv_ind="positive"), noise)
+    neg = sampler.sample(_batch(pi06_policy, adv_ind="negative"), noise)
+    assert not np.allclose(pos, neg)
+    # No adv_ind in the request: the announced default (positive).
+    np.testing.assert_array_equal(sampler.sample(_batch(pi06_policy), noise), pos)
+
+
+def test_cfg_guidance(pi06_policy) -> None:
+    from recap_core.serve.pi0_policy import Pi0Sampler
+
+    plain = pi06_policy._sample_actions
+    # More samplers on the same loaded params, with other guidance weights.
+    beta1 = Pi0Sampler(plain.task, plain.parts, num_steps=3, cfg_beta=1.0)
+    guided = Pi0Sampler(plain.task, plain.parts, num_steps=3, cfg_beta=2.0)
+    assert guided.guided and not beta1.guided
+    noise = np.random.default_rng(2).standard_normal(plain.noise_shape).astype(np.float32)
+    pos = _batch(pi06_policy, adv_ind="positive")
+    none = _batch(pi06_policy, adv_ind="none")
+    # beta = 1 is plain conditional sampling.
+    np.testing.assert_array_equal(beta1.sample(pos, noise), plain.sample(pos, noise))
+    # Guidance pushes away from the unconditional prompt: a different answer...
+    assert not np.allclose(guided.sample(pos, noise), plain.sample(pos, noise), atol=1e-5)
+    # ...except when the request carries no indicator (conditional == unconditional prompt).
+    np.testing.assert_allclose(guided.sample(none, noise), plain.sample(none, noise), atol=1e-5)
+    assert {"uncond_tokens", "uncond_token_mask"} <= set(guided.inputs(pos))
+
+
+def test_pi05_run_serves_and_ignores_adv_ind(runs: dict[str, Path]) -> None:
+    policy = load_policy(runs["pi05"], ServeOptions(num_steps=3))
+    assert policy.metadata["model"] == "pi0.5" and not policy.metadata["adv_ind"]["conditioned"]
+    sampler = policy._sample_actions
+    noise = np.random.default_rng(4).standard_normal(sampler.noise_shape).astype(np.float32)
+    answers = [sampler.sample(_batch(policy, adv_ind=ind), noise) for ind in ("positive", "negative", "none")]
+    np.testing.assert_array_equal(answers[0], answers[1])
+    np.testing.assert_array_equal(answers[0], answers[2])
+    with ServerThread(policy, ServerConfig(port=0)) as server:
+        host, port = server.url.removeprefix("ws://").rsplit(":", 1)
+        client = WebsocketClientPolicy(host, port=int(port))
+        out = client.infer(_observation(adv_ind="negative"))
+        assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
+
+
+def test_pi05_refuses_advantage_options(runs: dict[str, Path]) -> None:
+    with pytest.raises(ServeError, match=r"pi0\.5 run.*--require-adv-ind") as info:
+        load_policy(runs["pi05"], ServeOptions(require_adv_ind=True))
+    assert "recap finetune" in (info.value.fix or "")
+    with pytest.raises(ServeError, match=r"--cfg-beta 1\.5"):
+        load_policy(runs["pi05"], ServeOptions(cfg_beta=1.5))
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+def test_missing_norm_stats_is_a_clear_error_and_cli_exit_2(runs: dict[str, Path], tmp_path: Path) -> None:
+    broken = _copy_run(runs["pi06"], tmp_path / "run")
+    (broken / "assets" / "norm_stats.json").unlink()
+    with pytest.raises(CheckpointError, match=r"norm_stats\.json is missing") as info:
+        load_policy(broken)
+    assert "recap data stats" in (info.value.fix or "")
+    before = sorted(p.relative_to(broken) for p in broken.rglob("*"))
+    proc = run_recap("serve", broken, "--port", "0", "--no-preflight", timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "norm_stats.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.relative_to(broken) for p in broken.rglob("*")) == before  # input untouched
+
+
+def test_tokenizer_is_found_from_the_run_dir(runs: dict[str, Path], tmp_path: Path) -> None:
+    from recap_core.config import load_run_config
+    from recap_core.serve.pi0_policy import task_factory_for, with_run_tokenizer
+
+    run = _copy_run(runs["pi06"], tmp_path / "run")
+    config = load_run_config(run / "config.json")
+    assert with_run_tokenizer(config, run).tokenizer == config.tokenizer  # as training resolved it
+    shutil.copy(config.tokenizer, run / "assets" / "tokenizer.model")
+    # The run's own copy wins, so a moved or deleted original does not matter.
+    data = json.loads((run / "config.json").read_text())
+    data["tokenizer"] = str(tmp_path / "gone.model")
+    (run / "config.json").write_text(json.dumps(data))
+    moved = load_run_config(run / "config.json")
+    assert with_run_tokenizer(moved, run).tokenizer == str(run / "assets" / "tokenizer.model")
+    task = task_factory_for(run, None)(moved)
+    assert task.tokenizer.vocab_size == 512
+    (run / "assets" / "tokenizer.model").unlink()
+    with pytest.raises(TokenizerError, match=r"gone\.model"):
+        task_factory_for(run, None)(moved)
