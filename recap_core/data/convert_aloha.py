@@ -180,13 +180,15 @@ def convert_aloha_hdf5(
         ds = new_dataset(tmp, fps=fps, features=features, robot_type=robot_type)
         try:
             for i, (ep, ep_labels) in enumerate(zip(episodes, labels, strict=True)):
+                # h5py datasets are passed as they are: write_episode reads them one frame at a
+                # time, so a long 4-camera 480x640 episode never sits in memory whole.
                 with h5py.File(ep.path, "r") as f:
-                    arrays = {f"observation.images.{cam}": f[f"/observations/images/{cam}"][()] for cam in ep.cameras}
-                    arrays["observation.state"] = f["/observations/qpos"][()].astype(np.float32)
+                    arrays = {f"observation.images.{cam}": f[f"/observations/images/{cam}"] for cam in ep.cameras}
+                    arrays["observation.state"] = f["/observations/qpos"]
                     if ep.has_qvel:
-                        arrays["observation.velocity"] = f["/observations/qvel"][()].astype(np.float32)
-                    arrays["action"] = f["/action"][()].astype(np.float32)
-                write_episode(ds, arrays, ep.task, ep_labels)
+                        arrays["observation.velocity"] = f["/observations/qvel"]
+                    arrays["action"] = f["/action"]
+                    write_episode(ds, arrays, ep.task, ep_labels)
                 if progress is not None:
                     progress(i + 1, len(episodes))
         finally:

@@ -477,7 +477,11 @@ def write_episode(
     tasks: str | Sequence[str],
     labels: schema.EpisodeLabels | None = None,
 ) -> None:
-    """Append one episode: `arrays` maps each feature to [T, ...] values (images uint8 HWC)."""
+    """Append one episode: `arrays` maps each feature to [T, ...] values (images uint8 HWC).
+
+    Values may be anything indexable by frame with a length (numpy arrays, h5py datasets); they
+    are read one frame at a time.
+    """
     lengths = {k: len(v) for k, v in arrays.items()}
     length = next(iter(lengths.values()))
     if any(n != length for n in lengths.values()):
