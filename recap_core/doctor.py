@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -334,26 +333,20 @@ STAGE_COLUMNS = {
 
 
 def check_dataset(path: Path, stage: str) -> CheckResult:
-    info_path = Path(path) / "meta" / "info.json"
-    if not info_path.is_file():
-        return CheckResult("dataset", "fail", f"{path} is not a LeRobot dataset (no meta/info.json)",
-                           "pass the dataset root, or convert raw data with `recap convert`")
+    """Open the dataset, check the stage's columns, and run the data layer's validation."""
+    from recap_core.data.dataset import open_dataset, require_columns, validate_dataset
+    from recap_core.errors import DatasetError
+
     try:
-        info = json.loads(info_path.read_text())
-    except json.JSONDecodeError as exc:
-        return CheckResult("dataset", "fail", f"{info_path} is not valid JSON: {exc}", "restore the file")
-    version = info.get("codebase_version")
-    details = {"path": str(path), "version": version, "episodes": info.get("total_episodes"),
-               "frames": info.get("total_frames")}
-    if version != "v3.0":
-        return CheckResult("dataset", "fail", f"{path} is LeRobot {version}; recap reads v3.0",
-                           f"recap convert v21-to-v30 {path} {path}_v30", details)
-    missing = [c for c in STAGE_COLUMNS.get(stage, ()) if c not in info.get("features", {})]
-    if missing:
-        return CheckResult("dataset", "fail", f"{path} lacks {', '.join(missing)} needed by {stage}",
-                           "add the RECAP columns with `recap convert lerobot IN OUT`", details)
-    return CheckResult("dataset", "ok", f"{path}: LeRobot {version}, {details['episodes']} episodes, "
-                       f"{details['frames']} frames", details=details)
+        info = open_dataset(Path(path))
+        details = {"path": str(path), "version": info.version, "episodes": info.episodes, "frames": info.frames,
+                   "cameras": list(info.cameras)}
+        require_columns(info, STAGE_COLUMNS.get(stage, ()), stage=stage)
+        validate_dataset(info, columns=STAGE_COLUMNS.get(stage, ()))
+    except DatasetError as exc:
+        return CheckResult("dataset", "fail", exc.message, exc.fix, {"path": str(path)})
+    return CheckResult("dataset", "ok", f"{path}: LeRobot {info.version}, {info.episodes} episodes, "
+                       f"{info.frames} frames, cameras {', '.join(info.cameras) or 'none'}", details=details)
 
 
 # --------------------------------------------------------------------------- orchestration

@@ -139,17 +139,18 @@ def test_disk(tmp_path):
 
 
 def test_dataset_checks(tmp_path):
-    assert doctor.check_dataset(tmp_path, "sft").status == "fail"
-    (tmp_path / "meta").mkdir()
-    (tmp_path / "meta" / "info.json").write_text('{"codebase_version": "v2.1", "features": {}}')
+    from recap_core.data.synthetic import make_dataset
+
     res = doctor.check_dataset(tmp_path, "sft")
+    assert res.status == "fail" and "not a LeRobot dataset" in res.message
+    plain = make_dataset(tmp_path / "plain", episodes=2, frames=6, with_recap=False)
+    assert doctor.check_dataset(plain, "sft").status == "ok"
+    res = doctor.check_dataset(plain, "value-train")
+    assert res.status == "fail" and "value_label" in res.message and "recap convert lerobot" in res.fix
+    info = plain / "meta" / "info.json"
+    info.write_text(info.read_text().replace('"v3.0"', '"v2.1"'))
+    res = doctor.check_dataset(plain, "sft")
     assert res.status == "fail" and "v21-to-v30" in res.fix
-    (tmp_path / "meta" / "info.json").write_text(
-        '{"codebase_version": "v3.0", "total_episodes": 2, "total_frames": 10, '
-        '"features": {"observation.state": {}, "action": {}}}')
-    assert doctor.check_dataset(tmp_path, "sft").status == "ok"
-    res = doctor.check_dataset(tmp_path, "value-train")
-    assert res.status == "fail" and "value_label" in res.message
 
 
 def test_run_checks_stage_selection(bundle, tmp_path):
