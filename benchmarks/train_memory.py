@@ -26,12 +26,16 @@ CHILD = textwrap.dedent(
     from recap_core.train.jobs import build_job, preset_model
     from recap_core.train.loop import train
 
+    from recap_core.models.tokenizer import build_toy_tokenizer
+
     model = preset_model(stage, preset)
+    # The toy tokenizer: token ids only, so the figures need no downloaded tokenizer file.
+    tokenizer = str(build_toy_tokenizer(root / "tok.model"))
     size = 32 if preset.endswith("-tiny") else 224
     make_dataset(root / "ds", episodes=2, frames=max(4, steps + 2), image_size=size)
     config = resolve_run_config(stage, preset, root / "ds", environ={}, model=model, flags={
         "init": "random", "steps": steps, "batch_size": 1, "log_every": 1, "val.fraction": 0.0,
-        "checkpoint.every": 10**9})
+        "checkpoint.every": 10**9, "tokenizer": tokenizer})
     job = build_job(config, root / "run", resuming=False)
     t0 = time.perf_counter()
     result = train(job, config, root / "run")

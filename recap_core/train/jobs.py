@@ -106,7 +106,7 @@ def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple
         tiny = config.preset.endswith("-tiny")
         tokenizer = PolicyTokenizer(
             tokenizer_path(config), model_config.max_token_len, indicator_dropout=config.data.adv_ind_dropout,
-            expected_vocab_size=None if tiny else model_config.vocab_size,
+            expected_vocab_size=None if tiny or config.tokenizer else model_config.vocab_size,
         )
         return PolicyTask(model_config, tokenizer, norm_stats, cams or model_config.image_keys)
     from recap_core.train.value_task import value_task

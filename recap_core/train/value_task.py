@@ -84,7 +84,7 @@ def value_task(config: RunConfig, cameras: Sequence[str]) -> ValueTask:
     model_config = value_config(name, freeze=config.freeze_mode or "all_backbones")
     tiny = config.preset.endswith("-tiny")
     tokenizer = ValueTokenizer(
-        tokenizer_path(config), model_config.max_token_len, expected_vocab_size=None if tiny else 262_144
+        tokenizer_path(config), model_config.max_token_len, expected_vocab_size=None if tiny or config.tokenizer else 262_144
     )
     cameras = tuple(cameras or config.cameras or ())
     if not cameras:

@@ -58,6 +58,7 @@ def test_stage_data_and_init_errors(datasets: Path) -> None:
     bad_init = recap("value", "train", "ds", "--preset", "value-tiny", "--init", str(datasets / "plain"),
                      "--run-dir", "runs/y", "--no-preflight", "--steps", "1", cwd=datasets)
     assert bad_init.returncode == 2 and "not a recap run" in bad_init.stderr
+    assert not (datasets / "runs/y").exists()
 
     bad_set = recap("value", "train", "ds", "--preset", "value-tiny", "--set", "optim.peak_rate=1",
                     "--no-preflight", cwd=datasets)
