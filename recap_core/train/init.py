@@ -26,6 +26,7 @@ from recap_core.train.checkpoint import RunCheckpoints
 from recap_core.train.state import ModelParts, fingerprint, init_parts
 from recap_core.train.step import abstract_train_state
 from recap_core.train.task import Task
+from recap_core.weights.init_source import load_published_weights, published_weights_kind
 
 TaskFactory = Callable[[RunConfig], Task]
 POLICY_STAGES = ("sft", "finetune")
@@ -100,6 +101,9 @@ def build_parts(
         base: dict[str, Any] = {"kind": "random", "seed": config.seed}
     elif config.init == "base":
         parts, base = _load_base_weights(config, parts, mesh)
+    elif published_weights_kind(Path(config.init)) is not None:  # an openpi checkpoint or the VLM bundle
+        family = stage_family(config.stage)
+        parts, base = load_published_weights(config, parts, mesh, Path(config.init), family=family)
     else:
         run_dir, step = resolve_run_path(Path(config.init))
         source_config = load_run_config(run_dir / "config.json")
