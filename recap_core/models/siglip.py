@@ -90,14 +90,18 @@ def siglip_config(name: str, **overrides: Any) -> SiglipConfig:
 
 
 def make_stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) -> nnx.Module:
-    """Build `depth` independent copies of a layer, params stacked on axis 0."""
+    """Build `depth` independent copies of a layer, params stacked on axis 0.
 
-    @nnx.split_rngs(splits=depth)
-    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=depth)
-    def create(layer_rngs: nnx.Rngs) -> nnx.Module:
-        return make_layer(layer_rngs)
+    The stacked init runs as one jitted vmap: creating layers op by op (or with an eager
+    nnx.vmap) compiles every small init op separately, which costs seconds per model on CPU.
+    """
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_layer(nnx.Rngs(0))))
 
-    return create(rngs)
+    def init_one(key: Array) -> nnx.State:
+        return nnx.state(make_layer(nnx.Rngs(params=key)))
+
+    keys = jax.random.split(rngs.params(), depth)
+    return nnx.merge(graphdef, jax.jit(jax.vmap(init_one))(keys))
 
 
 def run_stacked(
@@ -148,8 +152,13 @@ class MlpBlock(nnx.Module):
         return self.Dense_1(jax.nn.gelu(self.Dense_0(x), approximate=True))
 
 
-class SelfAttention(nnx.Module):
-    """Multi-head self attention with big_vision's DenseGeneral shapes ([D, heads, head_dim])."""
+class MultiHeadAttention(nnx.Module):
+    """Multi-head dot-product attention with big_vision's / nnx's DenseGeneral layout.
+
+    `query`/`key`/`value` kernels are [D, heads, head_dim], `out` is [heads, head_dim, D]: the
+    layout of big_vision's SigLIP and of `nnx.MultiHeadAttention`, so SigLIP self-attention and
+    the value model's cross-attention load from their checkpoints without reshaping.
+    """
 
     def __init__(self, width: int, num_heads: int, dtype: Any, rngs: nnx.Rngs) -> None:
         head_dim = width // num_heads
@@ -164,10 +173,14 @@ class SelfAttention(nnx.Module):
         )
         self.head_dim = head_dim
 
-    def __call__(self, x: Array) -> Array:
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, N, H]
+    def __call__(self, x: Array, context: Array | None = None, context_mask: Array | None = None) -> Array:
+        """Self attention on x [B, T, D], or cross attention to context [B, S, D] (mask [B, S])."""
+        context = x if context is None else context
+        q, k, v = self.query(x), self.key(context), self.value(context)  # [B, T|S, N, H]
         q = q * jnp.asarray(self.head_dim**-0.5, q.dtype)
         logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+        if context_mask is not None:
+            logits = jnp.where(context_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # softmax in f32
         return self.out(jnp.einsum("bnts,bsnh->btnh", probs, v))
 
@@ -178,7 +191,7 @@ class EncoderBlock(nnx.Module):
     def __init__(self, config: SiglipConfig, rngs: nnx.Rngs) -> None:
         dtype = jnp.dtype(config.dtype)
         self.LayerNorm_0 = nnx.LayerNorm(config.width, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
-        self.MultiHeadDotProductAttention_0 = SelfAttention(config.width, config.num_heads, dtype, rngs)
+        self.MultiHeadDotProductAttention_0 = MultiHeadAttention(config.width, config.num_heads, dtype, rngs)
         self.LayerNorm_1 = nnx.LayerNorm(config.width, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
         self.MlpBlock_0 = MlpBlock(config.width, config.mlp_dim, dtype, rngs)
         self.dtype = dtype
