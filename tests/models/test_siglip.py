@@ -59,7 +59,7 @@ def test_head_and_bf16_remat_run() -> None:
     def loss(m: Siglip) -> jax.Array:
         return jnp.mean(m(images).astype(jnp.float32) ** 2)
 
-    grads = nnx.grad(loss)(model)
+    grads = nnx.jit(nnx.grad(loss))(model)
     assert grads["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"].shape == (2, 32, 64)
 
 
