@@ -18,7 +18,6 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from recap_core.errors import CheckpointError, ServeError, TokenizerError
 from recap_core.serve.loading import ServeOptions, load_policy
-from recap_core.serve.server import ServerConfig, ServerThread
 from tests.conftest import run_recap
 from tests.serve.test_cli import ENV, RECAP, _read_ready_json
 
@@ -51,8 +50,20 @@ def _train(root: Path, stage: str, preset: str, dataset: Path, tokenizer: Path) 
     return run
 
 
+def _start_server(run: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*RECAP, "serve", str(run), "--port", "0", "--json", "--num-steps", "3", "--no-preflight"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Both runs, and a `recap serve` subprocess for each, started as soon as its run exists.
+
+    Compilation is mostly single-threaded, so each server loads and warms up while the next
+    run trains and the in-process tests compile: the module takes far less wall time.
+    """
     from recap_core.data.synthetic import make_dataset
     from recap_core.models.tokenizer import build_toy_tokenizer
 
@@ -60,10 +71,33 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tokenizer = build_toy_tokenizer(root / "tok.model")
     dataset = make_dataset(root / "ds", episodes=2, frames=6, state_dim=STATE_DIM, action_dim=ACTION_DIM,
                            image_size=16, tasks=("pick up the cube",))
-    return {
-        "pi06": _train(root, "finetune", "pi06-tiny", dataset, tokenizer),
-        "pi05": _train(root, "sft", "pi05-tiny", dataset, tokenizer),
-    }
+    servers: list[subprocess.Popen] = []
+    try:
+        out: dict[str, Path] = {"pi06": _train(root, "finetune", "pi06-tiny", dataset, tokenizer)}
+        servers.append(_start_server(out["pi06"]))
+        out["pi05"] = _train(root, "sft", "pi05-tiny", dataset, tokenizer)
+        servers.append(_start_server(out["pi05"]))
+        _SERVERS.update(pi06=servers[0], pi05=servers[1])
+        yield out
+    finally:
+        for proc in servers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+_SERVERS: dict[str, subprocess.Popen] = {}
+
+
+@pytest.fixture(scope="module")
+def served(runs: dict[str, Path]) -> dict[str, WebsocketClientPolicy]:
+    """An unchanged openpi client connected to each `recap serve RUN` subprocess."""
+    clients = {}
+    for name, proc in _SERVERS.items():
+        url = _read_ready_json(proc, timeout_s=400)["url"]
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        clients[name] = WebsocketClientPolicy(host, port=int(port))
+    return clients
 
 
 @pytest.fixture(scope="module")
@@ -87,39 +121,6 @@ def _batch(policy, **extra: object) -> dict:
     from recap_core.serve.observation import prepare_observation
 
     return prepare_observation(_observation(**extra), policy.spec)
-
-
-@pytest.fixture(scope="module")
-def served_pi06(runs: dict[str, Path]) -> Iterator[tuple[subprocess.Popen, dict]]:
-    proc = subprocess.Popen(
-        [*RECAP, "serve", str(runs["pi06"]), "--port", "0", "--json", "--num-steps", "3", "--no-preflight"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )
-    try:
-        yield proc, _read_ready_json(proc, timeout_s=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
-def test_recap_serve_run_answers_the_openpi_client(served_pi06: tuple[subprocess.Popen, dict]) -> None:
-    _, ready = served_pi06
-    client = WebsocketClientPolicy(ready["url"].removeprefix("ws://").rsplit(":", 1)[0],
-                                   port=int(ready["url"].rsplit(":", 1)[1]))
-    meta = client.get_server_metadata()
-    assert meta["model"] == "pi0.6" and meta["params"] == "ema" and meta["step"] == 1
-    assert meta["adv_ind"]["default"] == "positive" and meta["adv_ind"]["conditioned"]
-    assert meta["cameras"] == ["cam_high", "cam_left_wrist"] and meta["state_dim"] == STATE_DIM
-    assert meta["default_prompt"] == "pick up the cube"  # the dataset's only task
-    for extra in ({}, {"adv_ind": "negative"}, {"adv_ind": "none"}):
-        out = client.infer(_observation(**extra))
-        # The model pads actions to 8 dims; the robot gets its own 5, unnormalised, float32.
-        assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
-        assert np.isfinite(out["actions"]).all()
-    with pytest.raises(RuntimeError, match="adv_ind"):
-        client.infer(_observation(adv_ind="great"))
-    assert client.infer(_observation())["actions"].shape == (HORIZON, ACTION_DIM)  # still serving
 
 
 def test_actions_are_deterministic_given_noise_or_seed(pi06_policy) -> None:
@@ -181,21 +182,6 @@ def test_cfg_guidance(pi06_policy) -> None:
     assert {"uncond_tokens", "uncond_token_mask"} <= set(guided.inputs(pos))
 
 
-def test_pi05_run_serves_and_ignores_adv_ind(runs: dict[str, Path]) -> None:
-    policy = load_policy(runs["pi05"], ServeOptions(num_steps=3))
-    assert policy.metadata["model"] == "pi0.5" and not policy.metadata["adv_ind"]["conditioned"]
-    sampler = policy._sample_actions
-    noise = np.random.default_rng(4).standard_normal(sampler.noise_shape).astype(np.float32)
-    answers = [sampler.sample(_batch(policy, adv_ind=ind), noise) for ind in ("positive", "negative", "none")]
-    np.testing.assert_array_equal(answers[0], answers[1])
-    np.testing.assert_array_equal(answers[0], answers[2])
-    with ServerThread(policy, ServerConfig(port=0)) as server:
-        host, port = server.url.removeprefix("ws://").rsplit(":", 1)
-        client = WebsocketClientPolicy(host, port=int(port))
-        out = client.infer(_observation(adv_ind="negative"))
-        assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
-
-
 def test_pi05_refuses_advantage_options(runs: dict[str, Path]) -> None:
     with pytest.raises(ServeError, match=r"pi0\.5 run.*--require-adv-ind") as info:
         load_policy(runs["pi05"], ServeOptions(require_adv_ind=True))
@@ -241,3 +227,46 @@ def test_tokenizer_is_found_from_the_run_dir(runs: dict[str, Path], tmp_path: Pa
     (run / "assets" / "tokenizer.model").unlink()
     with pytest.raises(TokenizerError, match=r"gone\.model"):
         task_factory_for(run, None)(moved)
+
+
+# Wire tests last: by now both `recap serve` subprocesses have had time to warm up.
+
+
+def test_recap_serve_run_answers_the_openpi_client(served: dict[str, WebsocketClientPolicy]) -> None:
+    client = served["pi06"]
+    meta = client.get_server_metadata()
+    assert meta["model"] == "pi0.6" and meta["params"] == "ema" and meta["step"] == 1
+    assert meta["adv_ind"]["default"] == "positive" and meta["adv_ind"]["conditioned"]
+    assert meta["cameras"] == ["cam_high", "cam_left_wrist"] and meta["state_dim"] == STATE_DIM
+    assert meta["default_prompt"] == "pick up the cube"  # the dataset's only task
+    for extra in ({}, {"adv_ind": "negative"}, {"adv_ind": "none"}):
+        out = client.infer(_observation(**extra))
+        # The model pads actions to 8 dims; the robot gets its own 5, unnormalised, float32.
+        assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
+        assert np.isfinite(out["actions"]).all()
+    with pytest.raises(RuntimeError, match="adv_ind"):
+        client.infer(_observation(adv_ind="great"))
+    assert client.infer(_observation())["actions"].shape == (HORIZON, ACTION_DIM)  # still serving
+
+
+def test_pi05_run_serves_and_ignores_adv_ind(runs: dict[str, Path], served: dict[str, WebsocketClientPolicy]) -> None:
+    from recap_core.config import load_run_config
+    from recap_core.data.stats import load_norm_stats
+    from recap_core.serve.observation import ObservationSpec, prepare_observation
+    from recap_core.serve.pi0_policy import task_factory_for
+
+    client = served["pi05"]
+    meta = client.get_server_metadata()
+    assert meta["model"] == "pi0.5" and not meta["adv_ind"]["conditioned"]
+    for extra in ({"adv_ind": "negative"}, {}):  # accepted, with or without
+        out = client.infer(_observation(**extra))
+        assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
+    # The indicator never reaches a pi0.5 prompt, so it cannot change the actions.
+    run = runs["pi05"]
+    task = task_factory_for(run, load_norm_stats(run / "assets"))(load_run_config(run / "config.json"))
+    batch = _observation(adv_ind="positive")
+    spec = ObservationSpec(state_dim=STATE_DIM, cameras=task.cameras, image_size=task.image_size)
+    tokens = [task.observation_inputs(prepare_observation({**batch, "adv_ind": ind}, spec), None)["tokens"]
+              for ind in ("positive", "negative", "none")]
+    np.testing.assert_array_equal(tokens[0], tokens[1])
+    np.testing.assert_array_equal(tokens[0], tokens[2])
