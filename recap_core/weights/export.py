@@ -34,6 +34,7 @@ def export_openpi(
 ) -> dict[str, Any]:
     """Write `out` from a recap policy run (its dir, `checkpoints/` or `checkpoints/<step>`)."""
     from recap_core.config import load_run_config
+    from recap_core.train.checkpoint import RunCheckpoints
     from recap_core.train.init import POLICY_STAGES, load_parts, resolve_run_path
     from recap_core.train.jobs import task_for_config
     from recap_core.train.sharding import make_mesh
@@ -47,6 +48,10 @@ def export_openpi(
             fix="pass the --run-dir of `recap sft` / `recap finetune`, or one of its checkpoints/<step>",
         )
     run_dir, step = resolve_run_path(run_or_ckpt)
+    if step is None:
+        ckpts = RunCheckpoints(run_dir / "checkpoints", read_only=True)
+        step = ckpts.latest_step()  # reported, and pinned so the export says which step it holds
+        ckpts.close()
     config = load_run_config(run_dir / "config.json")
     if config.stage not in POLICY_STAGES:
         raise CheckpointError(f"{run_dir} is a `{config.stage}` run; only policies export to openpi",
