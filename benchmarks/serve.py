@@ -2,11 +2,13 @@
 protocol overhead against a bare websockets server answering the same frames. Prints JSON.
 
     .venv/bin/python benchmarks/serve.py                       # zeros policy, ALOHA-sized payload
-    .venv/bin/python benchmarks/serve.py --policy runs/pi06-tiny --requests 20
+    .venv/bin/python benchmarks/serve.py --policy runs/pi06-tiny --requests 20 --repeats 3
 
 Each server runs in its own process (like a deployment); clients are threads here, each with its
 own connection, sending one pre-packed ALOHA observation (3 cameras 224x224 uint8 CHW, state[14],
-prompt, adv_ind) and waiting for the reply, as a robot's control loop does. The bare server
+prompt, adv_ind) and waiting for the reply, as a robot's control loop does. A trained run is
+served with its own request contract (state dim and cameras from the metadata it announces).
+With `--repeats N` every figure is the median over N rounds (useful on a noisy shared machine). The bare server
 replies to each request with a frame of the same size as the policy's reply, so the ratio is
 what recap adds: decoding, validation, the worker hop, inference and encoding.
 """
@@ -27,9 +29,11 @@ from typing import Any
 import numpy as np
 
 
-def aloha_observation(state_dim: int = 14, cameras: int = 3, size: int = 224) -> dict[str, Any]:
+def aloha_observation(
+    state_dim: int = 14, cameras: int = 3, size: int = 224, names: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    names = ("cam_high", "cam_left_wrist", "cam_right_wrist")[:cameras]
+    names = names or ("cam_high", "cam_left_wrist", "cam_right_wrist")[:cameras]
     return {
         "state": rng.standard_normal(state_dim).astype(np.float32),
         "images": {name: rng.integers(0, 256, (3, size, size), dtype=np.uint8) for name in names},
@@ -38,7 +42,15 @@ def aloha_observation(state_dim: int = 14, cameras: int = 3, size: int = 224) ->
     }
 
 
-def _run_policy_server(policy_arg: str, action_shape: str, ready: Any) -> None:
+def observation_for(metadata: dict[str, Any], cameras: int) -> dict[str, Any]:
+    """An ALOHA-style request that fits the served policy (zeros accepts anything)."""
+    if "state_dim" not in metadata:
+        return aloha_observation(cameras=cameras)
+    names = tuple(metadata["cameras"])[:cameras]
+    return aloha_observation(state_dim=int(metadata["state_dim"]), names=names)
+
+
+def _run_policy_server(policy_arg: str, action_shape: str, options: dict[str, Any], ready: Any) -> None:
     from recap_core.serve.server import PolicyServer, ServerConfig
 
     if policy_arg == "zeros":
@@ -47,9 +59,9 @@ def _run_policy_server(policy_arg: str, action_shape: str, ready: Any) -> None:
         horizon, dim = (int(x) for x in action_shape.split(","))
         policy = ZerosPolicy(horizon, dim)
     else:
-        from recap_core.serve.loading import load_policy
+        from recap_core.serve.loading import ServeOptions, load_policy
 
-        policy = load_policy(Path(policy_arg))
+        policy = load_policy(Path(policy_arg), ServeOptions(**options))
     PolicyServer(policy, ServerConfig(port=0)).run(on_ready=lambda server: ready.put(server.url))
 
 
@@ -123,6 +135,22 @@ def _drive(url: str, payload: bytes, clients: int, requests: int, warmup: int) -
     }
 
 
+def _median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds; `requests` is the total."""
+    out = {key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0] if key != "requests"}
+    out["requests"] = sum(r["requests"] for r in rounds)
+    out["rounds"] = len(rounds)
+    return out
+
+
+def _median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds; `requests` is the total."""
+    out = {key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0] if key != "requests"}
+    out["requests"] = sum(r["requests"] for r in rounds)
+    out["rounds"] = len(rounds)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="zeros", help="'zeros' or a recap run directory / checkpoint")
@@ -131,16 +159,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="timed requests per client")
     parser.add_argument("--warmup", type=int, default=3, help="untimed requests per client first")
     parser.add_argument("--cameras", type=int, default=3)
+    parser.add_argument("--num-steps", type=int, default=10, help="denoising steps (run policies)")
+    parser.add_argument("--cfg-beta", type=float, default=1.0, help="guidance weight (run policies)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds; figures are medians over them")
     args = parser.parse_args()
 
     from recap_core.serve import protocol
     from recap_core.serve.client import PolicyClient
 
-    payload = protocol.packb(aloha_observation(cameras=args.cameras))
-    policy_proc, policy_url = _start(_run_policy_server, args.policy, args.action_shape)
+    options = {"num_steps": args.num_steps, "cfg_beta": args.cfg_beta}
+    policy_proc, policy_url = _start(_run_policy_server, args.policy, args.action_shape, options)
     try:
         with PolicyClient(policy_url) as probe:
             metadata = probe.metadata
+        payload = protocol.packb(observation_for(metadata, args.cameras))
         # The bare server answers with a reply of exactly the policy's reply size.
         with PolicyClient(policy_url) as probe:
             reply = protocol.packb(probe.infer(protocol.unpackb(payload)))
@@ -148,8 +180,12 @@ def main() -> None:
         counts = [int(c) for c in args.clients.split(",")]
         results: dict[str, dict[str, dict[str, float]]] = {"recap": {}, "bare_websockets": {}}
         for n in counts:
-            results["recap"][str(n)] = _drive(policy_url, payload, n, args.requests, args.warmup)
-            results["bare_websockets"][str(n)] = _drive(bare_url, payload, n, args.requests, args.warmup)
+            rounds: dict[str, list[dict[str, float]]] = {"recap": [], "bare_websockets": []}
+            for _ in range(max(1, args.repeats)):  # interleaved, so both see the same machine noise
+                rounds["recap"].append(_drive(policy_url, payload, n, args.requests, args.warmup))
+                rounds["bare_websockets"].append(_drive(bare_url, payload, n, args.requests, args.warmup))
+            for name, per_round in rounds.items():
+                results[name][str(n)] = _median_of(per_round)
         bare_proc.terminate()
     finally:
         policy_proc.terminate()
@@ -167,7 +203,10 @@ def main() -> None:
         "benchmark": "serve",
         "policy": args.policy,
         "metadata": metadata,
-        "host": {"machine": platform.machine(), "cpus": mp.cpu_count(), "python": platform.python_version()},
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": mp.cpu_count(),
+                 "python": platform.python_version()},
+        "options": options if args.policy != "zeros" else None,
+        "repeats": max(1, args.repeats),
         "request_bytes": len(payload),
         "reply_bytes": len(reply),
         "requests_per_client": args.requests,
