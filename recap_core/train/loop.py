@@ -34,6 +34,7 @@ from recap_core.train.state import count_params
 from recap_core.train.step import abstract_train_state, init_train_state, make_eval_loss, make_train_step
 from recap_core.train.task import Batch, BatchSource, Task
 from recap_core.train.validation import run_validation
+from recap_core.weights.init_source import published_weights_kind
 
 
 @dataclass
@@ -128,7 +129,7 @@ def train(
     t_start = time.perf_counter()
     maybe_initialize_distributed(config.distributed)
     run_dir = Path(run_dir).absolute()
-    if config.init not in ("random", "base"):
+    if config.init not in ("random", "base") and published_weights_kind(Path(config.init)) is None:
         resolve_run_path(Path(config.init))  # a bad --init fails before the run directory exists
     resuming = prepare_run_dir(run_dir, config, job.assets, resume=resume, overwrite=overwrite)
     local_batch_size(config.batch_size, config.grad_accum)  # fail early on an impossible split
