@@ -97,10 +97,14 @@ def test_mixture_equals_joint_attention_of_one_model() -> None:
     np.testing.assert_allclose(np.asarray(jnp.concatenate([prefix, suffix], 1)), ref, atol=1e-4, rtol=0)
 
 
-def _pi05_mixture(remat: bool = False) -> gemma.Gemma:
+def _fresh_pi05_mixture() -> gemma.Gemma:
     expert = dataclasses.replace(TINY, width=16, mlp_dim=24)
-    model = gemma.Gemma([TINY, expert], adaptive=[False, True], vocab_size=VOCAB, dtype=jnp.float32,
-                        remat=remat, rngs=nnx.Rngs(2))
+    return gemma.Gemma([TINY, expert], adaptive=[False, True], vocab_size=VOCAB, dtype=jnp.float32,
+                       remat=False, rngs=nnx.Rngs(2))
+
+
+def _pi05_mixture() -> gemma.Gemma:
+    model = _fresh_pi05_mixture()
     # non-zero adaRMS weights so the conditioning path matters
     for norm in (model.layers.pre_attention_norm_1, model.layers.pre_ffw_norm_1, model.final_norm_1):
         norm.Dense_0.kernel[...] = jax.random.normal(jax.random.key(3), norm.Dense_0.kernel.shape) * 0.3
@@ -157,8 +161,7 @@ def test_kv_cache_decoding_equals_full_forward() -> None:
 
 
 def test_adarms_starts_as_identity_residual_and_names_match_openpi() -> None:
-    model = gemma.Gemma([TINY, TINY], adaptive=[False, True], vocab_size=VOCAB, dtype=jnp.float32,
-                        rngs=nnx.Rngs(0))
+    model = _fresh_pi05_mixture()
     paths = {"/".join(map(str, p)) for p, _ in nnx.state(model, nnx.Param).flat_state()}
     for expected in ("embedder/input_embedding", "layers/attn/q_einsum/w", "layers/attn/kv_einsum_1/w",
                      "layers/attn/attn_vec_einsum_1/w", "layers/mlp/gating_einsum", "layers/mlp_1/linear",
@@ -167,8 +170,8 @@ def test_adarms_starts_as_identity_residual_and_names_match_openpi() -> None:
         assert expected in paths, expected
     assert model.layers.attn.kv_einsum.w.shape == (TINY.depth, 2, 1, TINY.width, TINY.head_dim)
     # zero-initialised modulation: gate 0, so the action expert's blocks add nothing at init
-    x = jnp.ones((1, 3, TINY.width))
-    cond = jnp.ones((1, TINY.width))
+    x = jnp.ones((1, 3, 16))
+    cond = jnp.ones((1, 16))
     _, gate = model.final_norm_1(x, cond)
     assert float(jnp.abs(gate).max()) == 0.0
 

@@ -71,7 +71,8 @@ def test_einsum_update_is_scaled_low_rank_product() -> None:
 
 
 def test_lora_param_names_follow_openpi() -> None:
-    _, adapted = _pair([_with_lora(BASE), EXPERT])
+    adapted = nnx.eval_shape(lambda: gemma.Gemma([_with_lora(BASE), EXPERT], adaptive=[False, True],
+                                                 vocab_size=32, rngs=nnx.Rngs(0)))
     paths = _paths(adapted)
     for expected in ("layers/attn/q_einsum/lora_a", "layers/attn/kv_einsum/lora_b",
                      "layers/attn/attn_vec_einsum/lora_a", "layers/mlp/gating_einsum_lora_a",
@@ -84,7 +85,9 @@ def test_lora_param_names_follow_openpi() -> None:
 @pytest.mark.parametrize(("prefix_lora", "expert_lora"), [(True, True), (True, False), (False, True), (False, False)])
 def test_freeze_filter_follows_openpi_semantics(prefix_lora: bool, expert_lora: bool) -> None:
     configs = [_with_lora(BASE) if prefix_lora else BASE, _with_lora(EXPERT) if expert_lora else EXPERT]
-    model = nnx.Dict(llm=_pair(configs)[1], action_in_proj=nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: nnx.Dict(  # names only: no need to allocate or compile
+        llm=gemma.Gemma(configs, adaptive=[False, True], vocab_size=32, rngs=nnx.Rngs(0)),
+        action_in_proj=nnx.Linear(2, 2, rngs=nnx.Rngs(0))))
     frozen = _paths(model, nnx.All(nnx.Param, lora.freeze_filter(prefix_lora, expert_lora)))
     trainable = _paths(model, lora.trainable_filter(lora.freeze_filter(prefix_lora, expert_lora)))
     everything = _paths(model)
