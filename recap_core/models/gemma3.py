@@ -218,7 +218,7 @@ class Gemma3(nnx.Module):
             )
         self.config = config
         self.embedder = Embedder(config, rngs)
-        self.layers = make_stacked(lambda r: Block(config, r), config.depth, rngs)
+        self.layers = make_stacked(Block, config, config.depth, rngs)
         self.final_norm = RMSNorm(config.width)
 
     def embed(self, tokens: Array) -> Array:

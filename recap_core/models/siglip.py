@@ -18,6 +18,7 @@ stacked on a leading axis of size `depth`, as openpi stores them (`scan=True`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -89,19 +90,25 @@ def siglip_config(name: str, **overrides: Any) -> SiglipConfig:
 # Shared by every transformer in recap_core.models (gemma3 imports these).
 
 
-def make_stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) -> nnx.Module:
-    """Build `depth` independent copies of a layer, params stacked on axis 0.
+def make_stacked(layer_cls: Callable[..., nnx.Module], config: Any, depth: int, rngs: nnx.Rngs) -> nnx.Module:
+    """`depth` independent `layer_cls(config, rngs)` layers, params stacked on axis 0.
 
     The stacked init runs as one jitted vmap: creating layers op by op (or with an eager
     nnx.vmap) compiles every small init op separately, which costs seconds per model on CPU.
+    The compiled init is cached per (layer class, config, depth), so rebuilding a model is cheap.
     """
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_layer(nnx.Rngs(0))))
+    graphdef, init = _stacked_init(layer_cls, config, depth)
+    return nnx.merge(graphdef, init(jax.random.split(rngs.params(), depth)))
+
+
+@functools.lru_cache(maxsize=32)
+def _stacked_init(layer_cls: Callable[..., nnx.Module], config: Any, depth: int) -> tuple[Any, Callable]:
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: layer_cls(config, nnx.Rngs(0))))
 
     def init_one(key: Array) -> nnx.State:
-        return nnx.state(make_layer(nnx.Rngs(params=key)))
+        return nnx.state(layer_cls(config, nnx.Rngs(params=key)))
 
-    keys = jax.random.split(rngs.params(), depth)
-    return nnx.merge(graphdef, jax.jit(jax.vmap(init_one))(keys))
+    return graphdef, jax.jit(jax.vmap(init_one))
 
 
 def run_stacked(
@@ -203,7 +210,7 @@ class EncoderBlock(nnx.Module):
 
 class Encoder(nnx.Module):
     def __init__(self, config: SiglipConfig, rngs: nnx.Rngs) -> None:
-        self.encoderblock = make_stacked(lambda r: EncoderBlock(config, r), config.depth, rngs)
+        self.encoderblock = make_stacked(EncoderBlock, config, config.depth, rngs)
         self.encoder_norm = nnx.LayerNorm(config.width, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
         self.remat = config.remat
 

@@ -53,13 +53,13 @@ def test_head_and_bf16_remat_run() -> None:
     cfg = siglip_config("tiny", out_dim=24, remat=True)
     model = Siglip(cfg, rngs=nnx.Rngs(1))
     images = jnp.zeros((1, 32, 32, 3))
-    out = model(images)
+
+    def loss(m: Siglip) -> tuple[jax.Array, jax.Array]:
+        out = m(images)
+        return jnp.mean(out.astype(jnp.float32) ** 2), out
+
+    (_, out), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(model)
     assert out.shape == (1, 16, 24) and out.dtype == jnp.bfloat16
-
-    def loss(m: Siglip) -> jax.Array:
-        return jnp.mean(m(images).astype(jnp.float32) ** 2)
-
-    grads = nnx.jit(nnx.grad(loss))(model)
     assert grads["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"].shape == (2, 32, 64)
 
 
