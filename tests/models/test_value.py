@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +125,21 @@ def test_masked_cameras_and_padding_tokens_do_not_change_the_value(trained: dict
     np.testing.assert_allclose(np.asarray(_predict(model, changed)), base, atol=1e-5)
     changed["tokens"][0, 0] = 6  # a real token: the value must move
     assert abs(float(_predict(model, changed)[0]) - float(base[0])) > 1e-6
+
+
+def test_bf16_compute_tracks_f32(trained: dict) -> None:
+    """Same weights, f32 compute: the bf16 model's values differ only by rounding."""
+    model, batch, config = trained["model"], trained["batch"], trained["config"]
+    f32_config = dataclasses.replace(
+        config,
+        siglip=dataclasses.replace(config.siglip, dtype="float32"),
+        gemma3=dataclasses.replace(config.gemma3, dtype="float32"),
+    )
+    reference = ValueModel(f32_config, rngs=nnx.Rngs(0))
+    nnx.update(reference, nnx.state(model, nnx.Param))
+    got, want = np.asarray(_predict(model, batch)), np.asarray(_predict(reference, batch))
+    np.testing.assert_allclose(got, want, atol=0.02)
+    assert np.abs(got - want).max() > 0  # the bf16 model really computes in bf16
 
 
 @pytest.mark.parametrize("mode", FREEZE_MODES)
