@@ -255,6 +255,11 @@ class Siglip(nnx.Module):
                 f"SigLIP expects images [B, {c.image_size}, {c.image_size}, 3], got shape {tuple(images.shape)}",
                 fix=f"resize images to {c.image_size}x{c.image_size} RGB (the model config's image_size)",
             )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ModelInputError(
+                f"SigLIP expects float images in [-1, 1], got dtype {images.dtype}",
+                fix="convert uint8 pixels with x / 127.5 - 1 before the model",
+            )
         x = self.embedding(images.astype(jnp.float32))
         x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.pos_embedding[...]
         x = self.Transformer(x.astype(jnp.dtype(c.dtype))).astype(jnp.dtype(c.dtype))

@@ -102,6 +102,8 @@ def test_wrong_image_size_is_a_clear_error() -> None:
     with pytest.raises(ModelInputError, match=r"\[B, 32, 32, 3\].*\(1, 64, 64, 3\)") as err:
         model(jnp.zeros((1, 64, 64, 3)))
     assert "resize" in (err.value.fix or "")
+    with pytest.raises(ModelInputError, match="float images in \\[-1, 1\\], got dtype uint8"):
+        model(jnp.zeros((1, 32, 32, 3), jnp.uint8))
 
 
 def test_bad_config_is_a_clear_error() -> None:
