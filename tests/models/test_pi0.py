@@ -145,3 +145,16 @@ def test_config_defaults_follow_openpi_and_pistar() -> None:
 
     with pytest.raises(ConfigError, match="bogus"):
         Pi0Config.from_dict({"bogus": 1})
+
+
+def test_real_size_policy_traces_loss_and_guided_sampling_abstractly() -> None:
+    """The full-size pi0.6-LoRA graph (3 cameras x 256 tokens + 203 prompt tokens, 50x32 actions)
+    type-checks end to end without allocating: jax.eval_shape over abstract params."""
+    config = Pi0Config(pi06=True, paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: config.create(nnx.Rngs(0))))
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fake_inputs(config, 2, with_unconditional=True))
+    loss = jax.eval_shape(lambda s, i: nnx.merge(graphdef, s).loss(i, jax.random.key(0))[0], state, spec)
+    assert loss.shape == () and loss.dtype == jnp.float32
+    actions = jax.eval_shape(
+        lambda s, i: nnx.merge(graphdef, s).sample_actions(jax.random.key(0), i, cfg_beta=1.5), state, spec)
+    assert actions.shape == (2, 50, 32)
