@@ -64,6 +64,12 @@ class Pi0Config:
         if not 0.0 <= self.indicator_dropout <= 1.0:
             raise ConfigError(f"Pi0Config.indicator_dropout={self.indicator_dropout} is not a probability",
                               fix="use a value in [0, 1] (paper: 0.3)")
+        for name in ("action_dim", "action_horizon", "max_token_len", "image_size", "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"Pi0Config.{name}={getattr(self, name)} must be positive",
+                                  fix=f"set {name} to a positive integer")
+        # fail at config time (e.g. a typo in --set model.paligemma_variant), not at model build
+        _ = self.prefix_config, self.expert_config, self.siglip
 
     @property
     def pi05(self) -> bool:

@@ -145,6 +145,10 @@ def test_config_defaults_follow_openpi_and_pistar() -> None:
 
     with pytest.raises(ConfigError, match="bogus"):
         Pi0Config.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="gemma_2b_lora"):
+        Pi0Config(paligemma_variant="gemma_2b_lorra")
+    with pytest.raises(ConfigError, match="action_horizon"):
+        Pi0Config(action_horizon=0)
 
 
 def test_real_size_policy_traces_loss_and_guided_sampling_abstractly() -> None:
