@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from recap_core.errors import ConfigError
-from recap_core.models.siglip import ModelInputError
+from recap_core.models.siglip import ModelInputError, MultiHeadAttention
 from recap_core.models.value import (
     FREEZE_MODES,
     ValueModel,
@@ -140,6 +140,25 @@ def test_bf16_compute_tracks_f32(trained: dict) -> None:
     got, want = np.asarray(_predict(model, batch)), np.asarray(_predict(reference, batch))
     np.testing.assert_allclose(got, want, atol=0.02)
     assert np.abs(got - want).max() > 0  # the bf16 model really computes in bf16
+
+
+def test_cross_attention_matches_nnx_multihead_attention() -> None:
+    """pistar's cross-attention is nnx.MultiHeadAttention: same param tree, same outputs."""
+    reference = nnx.MultiHeadAttention(
+        num_heads=4, in_features=32, qkv_features=32, out_features=32, decode=False, rngs=nnx.Rngs(3)
+    )
+    ours = MultiHeadAttention(32, 4, jnp.float32, nnx.Rngs(0))
+    ref_params = nnx.state(reference, nnx.Param).to_pure_dict()
+    assert jax.tree.map(jnp.shape, ref_params) == jax.tree.map(
+        jnp.shape, nnx.state(ours, nnx.Param).to_pure_dict()
+    )
+    nnx.update(ours, nnx.state(reference, nnx.Param))
+    rng = np.random.default_rng(0)
+    text = jnp.asarray(rng.normal(size=(2, 5, 32)), jnp.float32)
+    image = jnp.asarray(rng.normal(size=(2, 7, 32)), jnp.float32)
+    mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [3]]))
+    want = reference(text, image, image, mask=mask[:, None, None, :])
+    np.testing.assert_allclose(np.asarray(ours(text, image, mask)), np.asarray(want), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", FREEZE_MODES)
