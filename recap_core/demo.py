@@ -129,11 +129,7 @@ class DemoRunner:
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
                                   cwd=self.work)
         try:
-            line = server.stdout.readline() if server.stdout else ""
-            if not line:
-                err = server.stderr.read() if server.stderr else ""
-                raise DemoStageError(f"`recap serve runs/sft` did not start:\n{err[-2000:]}")
-            url = json.loads(line)["url"]
+            url = _read_ready(server)
             with remote_policy(url) as policy_fn:
                 res = collect(policy_fn, TASK, self.plan.rollouts, self.seed + 10_000,
                               self.work / "raw" / "rollouts", overwrite=True)
@@ -177,6 +173,19 @@ class DemoRunner:
         summary["plot"] = str(plot)
         (self.work / "demo_summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def _read_ready(server: subprocess.Popen) -> str:
+    """Read `recap serve --json`'s ready document from its stdout; return the URL."""
+    text = ""
+    for line in server.stdout or ():
+        text += line
+        try:
+            return json.loads(text)["url"]
+        except json.JSONDecodeError:
+            continue
+    err = server.stderr.read() if server.stderr else ""
+    raise DemoStageError(f"`recap serve runs/sft` did not start:\n{_unboxed(err)[-2000:]}")
 
 
 def _unboxed(text: str) -> str:
