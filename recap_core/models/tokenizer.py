@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from recap_core.errors import DatasetError, TokenizerError
+from recap_core.errors import ConfigError, DatasetError, TokenizerError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class PolicyTokenizer:
         expected_vocab_size: int | None = PALIGEMMA_VOCAB_SIZE,
     ) -> None:
         if not 0.0 <= indicator_dropout <= 1.0:
-            raise TokenizerError(f"indicator_dropout={indicator_dropout} is not a probability",
+            raise ConfigError(f"indicator_dropout={indicator_dropout} is not a probability",
                                  fix="use a value in [0, 1] (paper: 0.3)")
         self.processor = load_sentencepiece(path, expected_vocab_size, what="PaliGemma")
         self.path = Path(path)

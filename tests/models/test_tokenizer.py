@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recap_core.errors import DatasetError, TokenizerError
+from recap_core.errors import ConfigError, DatasetError, TokenizerError
 from recap_core.models import tokenizer as tok
 
 
@@ -121,5 +121,5 @@ def test_missing_and_wrong_tokenizer_files(tmp_path: Path, toy_model: Path) -> N
     # a valid sentencepiece file of the wrong vocabulary (e.g. Gemma3's given for the policy)
     with pytest.raises(TokenizerError, match=r"512.*expected 262,144"):
         tok.ValueTokenizer(toy_model)
-    with pytest.raises(TokenizerError, match="probability"):
+    with pytest.raises(ConfigError, match="probability"):
         tok.PolicyTokenizer(toy_model, indicator_dropout=1.5, expected_vocab_size=None)
