@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from recap_core.errors import CheckpointError
-from recap_core.fsutil import atomic_output_dir
+from recap_core.fsutil import atomic_output_dir, check_output
 from recap_core.weights.init_source import published_weights_kind
-from recap_core.weights.kinds import is_recap_run
+from recap_core.weights.kinds import check_policy_kind, is_recap_run
 
 NORM_STATS = "norm_stats.json"
 
@@ -98,6 +98,7 @@ def import_openpi(
     if published_weights_kind(root) != "openpi":
         raise CheckpointError(f"{root} is not an openpi checkpoint: {root / 'params'} is missing",
                               fix="pass the directory holding params/ and assets/ (e.g. .../pi05_base or <exp>/<step>)")
+    check_output(Path(out), overwrite, inputs=(root,))  # say so now, not after building the model
     kind = OpenpiParams(root).kind  # metadata only: damaged or pi0 checkpoints fail here, before any work
     preset = preset or ("pi05-lora" if kind == "openpi-lora" else "pi05")
     stats_file, found_id = (Path(norm_stats).expanduser(), asset_id) if norm_stats else find_norm_stats(root, asset_id)
@@ -114,6 +115,9 @@ def import_openpi(
         flags={"init": str(root), "steps": max(step, 1), "cameras": list(cameras) if cameras else None},
         sets=list(sets), model=model,
     )
+    # fail before the model compiles: a LoRA checkpoint needs a LoRA preset (the loader checks it again)
+    uses_lora = any("lora" in str(config.model.get(k, "")) for k in ("paligemma_variant", "action_expert_variant"))
+    check_policy_kind(kind, model_uses_lora=uses_lora, preset=preset, path=root, allow_missing_lora=True)
     with atomic_output_dir(Path(out), overwrite, inputs=(root,)) as tmp:
         task = task_for_config(config, norm_stats=stats)
         parts, base = build_parts(config, task, make_mesh(config.fsdp_devices), task_for_config)
