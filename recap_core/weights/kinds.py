@@ -64,6 +64,9 @@ def detect_checkpoint_kind(path: Path) -> CheckpointKind:
 
 def other_preset(preset: str, *, lora: bool) -> str:
     """The preset of the same policy with (lora=True) or without LoRA: pi05 <-> pi05-lora."""
+    if preset.endswith("-tiny"):  # tiny presets have no -lora twin: LoRA is a choice of Gemma variants
+        variants = "model.paligemma_variant=dummy_lora --set model.action_expert_variant=dummy_expert_lora"
+        return f"{preset} --set {variants}" if lora else f"{preset} without the dummy_*lora variants"
     base = preset.removesuffix("-lora")
     return f"{base}-lora" if lora else base
 
