@@ -18,6 +18,7 @@ import typer
 from recap_cli import commands, output
 from recap_core import __version__
 from recap_core.errors import RecapError
+from recap_core.runtime import enable_compilation_cache
 
 app = typer.Typer(
     name="recap",
@@ -69,6 +70,7 @@ def main() -> None:
     if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
         output.state["verbose"] = True
     try:
+        enable_compilation_cache()
         app()
     except RecapError as exc:
         if output.state["verbose"]:
