@@ -32,6 +32,8 @@ frame counts stay balanced, and every process yields the same number of batches 
 (the smallest share, `drop_last`). `batch_size` is the global batch; each process yields
 `batch_size // process_count` rows and reads only its own episodes. `state_dict()` is the position
 of the next batch, so a run resumed with `load_state_dict()` sees exactly the batches it would have.
+`LoaderConfig.episodes` restricts all of this to some episodes (the train or the validation side
+of `recap_core.train.validation.split_episodes`); other episodes are never yielded or decoded.
 """
 
 from __future__ import annotations
@@ -341,6 +343,7 @@ class LoaderConfig:
     process_count: int = 1
     state_key: str = "observation.state"
     action_key: str = "action"
+    episodes: tuple[int, ...] | None = None  # episode_index values to load (a train/val split); None: all
 
 
 class TrainLoader:
@@ -358,9 +361,12 @@ class TrainLoader:
         )
         self.cameras: tuple[str, ...] = self.frames.camera_keys
         self.local_batch_size = config.batch_size // config.process_count
-        if self.frames.num_episodes < config.process_count:
+        self.episode_positions = self._selected_positions()
+        self.num_episodes = len(self.episode_positions)
+        self.num_frames = int(self.frames.lengths[self.episode_positions].sum())
+        if self.num_episodes < config.process_count:
             raise DatasetError(
-                f"dataset {self.root} has {self.frames.num_episodes} episodes, fewer than the "
+                f"dataset {self.root} has {self.num_episodes} episodes{self._selection_note()}, fewer than the "
                 f"{config.process_count} processes that share it",
                 fix="use fewer processes or a dataset with more episodes",
             )
@@ -368,12 +374,33 @@ class TrainLoader:
         self._order_cache: dict[int, np.ndarray] = {}
         self.steps_per_epoch = self._steps_per_epoch()
 
+    def _selected_positions(self) -> np.ndarray:
+        """Positions (into the frame table) of the episodes this loader reads, in dataset order."""
+        ids = self.frames.episode_ids
+        wanted = self.config.episodes
+        if wanted is None:
+            return np.arange(len(ids))
+        unknown = sorted(set(int(e) for e in wanted) - set(ids.tolist()))
+        if unknown:
+            raise DatasetError(
+                f"dataset {self.root} has no episode {', '.join(map(str, unknown[:5]))} "
+                f"(it has episode_index {int(ids.min())}..{int(ids.max())}, {len(ids)} episodes)",
+                fix="pass episode indices that exist in the dataset (see `recap data inspect`)",
+            )
+        if not wanted:
+            raise DatasetError(f"no episodes of {self.root} were selected", fix="select at least one episode")
+        return np.flatnonzero(np.isin(ids, np.asarray(wanted, dtype=np.int64)))
+
+    def _selection_note(self) -> str:
+        return "" if self.config.episodes is None else " (in the selected episodes)"
+
     # ----- epoch order and sharding ------------------------------------------------------------
     def _episode_owner(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(episode permutation of this epoch, owning process of each position in it)."""
-        n = self.frames.num_episodes
+        chosen = self.episode_positions
+        n = len(chosen)
         cfg = self.config
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
+        perm = chosen[np.random.default_rng([cfg.seed, epoch]).permutation(n)] if cfg.shuffle else chosen
         # Deal episodes to the process with the fewest frames so far: shares stay balanced even
         # when episode lengths differ a lot, and every process computes the same assignment.
         load = np.zeros(cfg.process_count, dtype=np.int64)
@@ -393,7 +420,7 @@ class TrainLoader:
         steps = self._steps_in_epoch(0)
         if steps == 0:
             raise DatasetError(
-                f"dataset {self.root} has {self.frames.num_frames} frames: too few for one batch of "
+                f"dataset {self.root} has {self.num_frames} frames{self._selection_note()}: too few for one batch of "
                 f"{self.local_batch_size} per process ({self.config.process_count} processes)",
                 fix="lower --batch-size or add episodes",
             )
@@ -428,8 +455,8 @@ class TrainLoader:
             "batch_size": self.config.batch_size,
             "process_index": self.config.process_index,
             "process_count": self.config.process_count,
-            "num_frames": self.frames.num_frames,
-            "num_episodes": self.frames.num_episodes,
+            "num_frames": self.num_frames,
+            "num_episodes": self.num_episodes,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:

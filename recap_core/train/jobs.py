@@ -6,9 +6,9 @@ tokenizer come from, and how the episodes are split into train and validation.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
 from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
 from recap_core.errors import ConfigError
 from recap_core.train.loop import TrainingJob
-from recap_core.train.task import Task
+from recap_core.train.task import Batch, Task
 from recap_core.train.validation import split_episodes
 
 # What each stage reads, and the command a user runs in the error message.
@@ -114,22 +114,48 @@ def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple
     return value_task(config, cams)
 
 
-def _loader(root: Path, config: RunConfig, task: Task, episodes: list[int] | None, *, train: bool) -> TrainLoader:
+def _loader(root: Path, config: RunConfig, task: Task, episodes: list[int] | None, *, train: bool,
+            batch_size: int | None = None) -> TrainLoader:
     horizon = getattr(getattr(task, "model_config", None), "action_horizon", 1)
-    fields = {f.name for f in dataclasses.fields(LoaderConfig)}
-    extra = {"episodes": tuple(episodes)} if episodes is not None and "episodes" in fields else {}
     return TrainLoader(root, LoaderConfig(
-        batch_size=config.batch_size,
+        batch_size=batch_size or config.batch_size,
         action_horizon=horizon,
         cameras=tuple(config.cameras) if config.cameras else None,
         image_size=tuple(getattr(task, "image_size", (224, 224))),
         seed=config.seed,
         shuffle=config.data.shuffle and train,
         num_workers=max(1, config.data.num_workers),
+        num_epochs=None if train else 1,  # validation reads the held-out episodes once, in order
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        **extra,
+        episodes=None if episodes is None else tuple(episodes),
     ))
+
+
+def val_batch_size(config: RunConfig, val_frames: int) -> int:
+    """The validation batch: the training batch, shrunk to fit a small held-out set (0: too small).
+
+    It stays a multiple of the device count, which the data-parallel mesh needs.
+    """
+    devices = jax.device_count()
+    fits = min(config.batch_size, val_frames // devices * devices)
+    return fits if fits >= devices else 0
+
+
+def _val_batches(root: Path, config: RunConfig, task: Task, val_eps: list[int],
+                 lengths: dict[int, int]) -> Callable[[], Iterator[Batch]] | None:
+    """A fresh pass over the held-out episodes each time validation runs (None: nothing to hold out)."""
+    batch_size = val_batch_size(config, sum(lengths[e] for e in val_eps))
+    if not val_eps or not batch_size or len(val_eps) < jax.process_count():
+        return None
+    loader = _loader(root, config, task, val_eps, train=False, batch_size=batch_size)
+    start = loader.state_dict()
+
+    def batches() -> Iterator[Batch]:
+        loader.load_state_dict(start)
+        return iter(loader)
+
+    return batches
 
 
 def check_dataset(config: RunConfig) -> DatasetInfo:
@@ -155,15 +181,11 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
                                              else info.camera_keys))
     config.cameras = list(cameras)  # recorded in config.json: loading the run needs the same cameras
     task = task_for_config(config, norm_stats=norm_stats, cameras=cameras)
-    train_eps, val_eps = split_episodes(sorted(episode_lengths(info)), config.val.fraction, config.seed)
-    can_hold_out = "episodes" in {f.name for f in dataclasses.fields(LoaderConfig)}
-    if not can_hold_out:
-        val_eps = []
-    train_data = _loader(root, config, task, train_eps if val_eps else None, train=True)
-    val_batches = None
-    if val_eps:
-        def val_batches() -> Any:
-            return iter(_loader(root, config, task, val_eps, train=False))
+    lengths = episode_lengths(info)
+    train_eps, val_eps = split_episodes(sorted(lengths), config.val.fraction, config.seed)
+    val_batches = _val_batches(root, config, task, val_eps, lengths)
+    # Episodes held out for validation are never trained on; without validation, train on all.
+    train_data = _loader(root, config, task, train_eps if val_batches is not None else None, train=True)
 
     return TrainingJob(
         task=task,

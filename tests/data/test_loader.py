@@ -154,6 +154,39 @@ def test_num_epochs_bounds_iteration(tiny_dataset_two_tasks: Path) -> None:
     assert len(list(loader)) == 2 * loader.steps_per_epoch
 
 
+def test_episodes_restrict_the_loader(tiny_dataset_two_tasks: Path) -> None:
+    """A train/val split: each side yields only its own episodes, every frame of them once."""
+    lengths = {0: 12, 1: 16, 2: 8, 3: 10}
+    for chosen in ((0, 2, 3), (1,)):
+        loader = tabular(tiny_dataset_two_tasks, batch_size=4, episodes=chosen, num_epochs=1)
+        batches = list(loader)
+        eps = np.concatenate([b["episode_index"] for b in batches])
+        assert set(eps.tolist()) == set(chosen)
+        frames = sum(lengths[e] for e in chosen)
+        assert loader.steps_per_epoch == frames // 4 == len(batches)
+        assert loader.state_dict()["num_frames"] == frames and loader.state_dict()["num_episodes"] == len(chosen)
+    # Images follow the selection too (only the chosen episode's video is decoded).
+    (batch,) = take(TrainLoader(tiny_dataset_two_tasks, LoaderConfig(
+        batch_size=8, action_horizon=2, image_size=(16, 16), episodes=(2,), shuffle=False)), 1)
+    assert batch["episode_index"].tolist() == [2] * 8 and batch["images"]["cam_high"].shape == (8, 16, 16, 3)
+
+
+def test_episodes_that_do_not_exist_are_a_clear_error(tiny_dataset_two_tasks: Path) -> None:
+    with pytest.raises(DatasetError, match="no episode 7") as err:
+        tabular(tiny_dataset_two_tasks, episodes=(1, 7))
+    assert err.value.fix
+    with pytest.raises(DatasetError, match="no episodes"):
+        tabular(tiny_dataset_two_tasks, episodes=())
+    with pytest.raises(DatasetError, match=r"8 frames \(in the selected episodes\): too few"):
+        tabular(tiny_dataset_two_tasks, batch_size=10, episodes=(2,))
+
+
+def test_resume_refuses_another_episode_selection(tiny_dataset_two_tasks: Path) -> None:
+    state = tabular(tiny_dataset_two_tasks, episodes=(0, 1)).state_dict()
+    with pytest.raises(LoaderStateError, match="num_frames=28"):
+        tabular(tiny_dataset_two_tasks, episodes=(0, 3)).load_state_dict(state)
+
+
 def test_image_features_are_decoded_too(tmp_path: Path) -> None:
     from recap_core.data.synthetic import make_dataset
 

@@ -12,6 +12,7 @@ from recap_core.data.synthetic import make_dataset
 from recap_core.errors import DatasetError
 from recap_core.train.jobs import build_job, check_dataset
 from recap_core.train.loop import train
+from recap_core.train.metrics import read_metrics
 from recap_core.train.policy_task import assign_cameras
 
 TINY_PI0 = {
@@ -72,6 +73,10 @@ def test_finetune_trains_to_lower_loss(dataset: Path, tmp_path: Path) -> None:
     result = train(job, config, tmp_path / "run")
     assert result.final_loss < 0.7 * result.first_loss, (result.first_loss, result.final_loss)
     assert (tmp_path / "run" / "assets" / "norm_stats.json").is_file()
+    # One of the 4 episodes is held out (val.fraction 0.25): its flow-matching loss is logged at step 30.
+    val = [r for r in read_metrics(tmp_path / "run") if r["split"] == "val"]
+    assert [r["step"] for r in val] == [30] and val[0]["batches"] == 2.0  # the tiny preset's val.max_batches
+    assert np.isfinite(val[0]["loss"]) and result.val["loss"] == val[0]["loss"]
 
 
 def test_wrong_stage_dataset_names_the_producer(tmp_path: Path) -> None:

@@ -1,0 +1,77 @@
+"""Validation on held-out episodes, through the real loader: the split, and val metrics in metrics.jsonl."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recap_core.config import resolve_run_config
+from recap_core.data.synthetic import make_dataset
+from recap_core.train.jobs import build_job, val_batch_size
+from recap_core.train.loop import train
+from recap_core.train.metrics import read_metrics
+from recap_core.train.validation import per_episode_value_metrics, split_episodes
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("val") / "ds", episodes=4, frames=8, cameras=("cam_high",))
+
+
+def _value_config(dataset: Path, **flags: object):
+    base = {"steps": 4, "batch_size": 4, "log_every": 1, "checkpoint.every": 4, "checkpoint.async_save": False,
+            "val.every": 2, "val.fraction": 0.5, "val.max_batches": 2}
+    base.update(flags)
+    return resolve_run_config("value", "value-tiny", dataset, flags=base, environ={})
+
+
+def test_train_and_val_loaders_split_by_episode(dataset: Path, tmp_path: Path) -> None:
+    config = _value_config(dataset)
+    train_eps, val_eps = split_episodes([0, 1, 2, 3], 0.5, config.seed)
+    assert len(val_eps) == 2
+    job = build_job(config, tmp_path / "run", resuming=False)
+    seen_train = {int(e) for b in itertools.islice(iter(job.train_data), 8) for e in b["episode_index"]}
+    assert seen_train == set(train_eps)
+    assert job.val_batches is not None
+    for _ in range(2):  # every validation pass starts from the first held-out batch again
+        val = list(job.val_batches())
+        assert len(val) == 4 and {int(e) for b in val for e in b["episode_index"]} == set(val_eps)
+
+
+def test_value_run_writes_val_metrics(dataset: Path, tmp_path: Path) -> None:
+    config = _value_config(dataset)
+    result = train(build_job(config, tmp_path / "run", resuming=False), config, tmp_path / "run")
+    val = [r for r in read_metrics(tmp_path / "run") if r["split"] == "val"]
+    assert [r["step"] for r in val] == [2, 4]
+    for record in val:
+        assert record["batches"] == 2.0  # val.max_batches of the 4 held-out batches
+        assert math.isfinite(record["loss"]) and math.isfinite(record["value_mae"])
+        assert record["value_mae"] >= 0 and -1 <= record["value_rank_corr_per_episode"] <= 1
+        assert record["episodes"] >= 1
+    assert result.val == {k: v for k, v in val[-1].items() if k not in ("step", "split", "time")}
+
+
+def test_no_validation_when_nothing_is_held_out(dataset: Path, tmp_path: Path) -> None:
+    job = build_job(_value_config(dataset, **{"val.fraction": 0.0}), tmp_path / "run", resuming=False)
+    assert job.val_batches is None
+    assert {int(e) for b in itertools.islice(iter(job.train_data), 8) for e in b["episode_index"]} == {0, 1, 2, 3}
+
+
+def test_val_batch_shrinks_to_a_small_held_out_set() -> None:
+    config = resolve_run_config("value", "value-tiny", "unused", flags={"batch_size": 32}, environ={})
+    assert val_batch_size(config, 100) == 32
+    assert val_batch_size(config, 20) == 20  # one CPU device
+    assert val_batch_size(config, 0) == 0
+
+
+def test_value_metrics_by_hand() -> None:
+    pred = np.array([-0.9, -0.5, -0.1, -0.2, -0.8])
+    target = np.array([-1.0, -0.6, 0.0, -0.1, -0.7])
+    got = per_episode_value_metrics(pred, target, np.array([0, 0, 0, 1, 1]))
+    assert got["value_mae"] == pytest.approx(0.1)
+    assert got["value_rank_corr_per_episode"] == pytest.approx(1.0)
+    assert got["episodes"] == 2.0
