@@ -47,7 +47,8 @@ def compile_cache(tmp_path_factory: pytest.TempPathFactory):
     """
     from jax._src import compilation_cache  # reset: an earlier test may have compiled without a cache
 
-    path = tmp_path_factory.mktemp("jax_cache")
+    # scripts/test.sh shares one cache dir across sessions; a bare `pytest` gets a private one
+    path = Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax_cache"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JAX_COMPILATION_CACHE_DIR", str(path))
         mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
