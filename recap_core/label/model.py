@@ -9,6 +9,7 @@ mesh axis; parameters are replicated (`fsdp_devices=1`, inference holds no optim
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,13 +71,14 @@ def load_value_model(ckpt: ValueCheckpoint, *, use_ema: bool, task_factory: Call
     return task, nnx.merge(parts.graphdef, parts.trainable, parts.frozen), mesh
 
 
-def value_task_factory(cameras: tuple[str, ...]) -> Callable[[Any], Any]:
-    """The task `recap value train` builds for a run config (`recap_core.train.jobs.task_for_config`)."""
+def value_task_factory(cameras: tuple[str, ...], run_dir: Path | None = None) -> Callable[[Any], Any]:
+    """The task `recap value train` builds for a run config (`recap_core.train.jobs.task_for_config`),
+    with the tokenizer stored in `run_dir` when the run has one."""
     from recap_core.data.loader import camera_name
     from recap_core.train.jobs import task_for_config
 
     names = tuple(camera_name(k) for k in cameras)
-    return lambda config: task_for_config(config, cameras=names)
+    return lambda config: task_for_config(config, cameras=names, run_dir=run_dir)
 
 
 def _image_size(task: Any) -> tuple[int, int]:
@@ -96,7 +98,7 @@ def value_predictor(
     """A PredictorFactory for `label_dataset`; the model is loaded only when it is called."""
 
     def build(info: DatasetInfo, cameras: tuple[str, ...]) -> tuple[Callable[[np.ndarray], Batch], PredictFn]:
-        factory = task_factory or value_task_factory(cameras)
+        factory = task_factory or value_task_factory(cameras, ckpt.run_dir)
         task, model, mesh = load_value_model(ckpt, use_ema=use_ema, task_factory=factory)
         frames = InferenceFrames(info.root, cameras=cameras, image_size=_image_size(task))
         return frames, make_predict_fn(task, model, mesh, forward)

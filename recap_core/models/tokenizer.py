@@ -175,6 +175,7 @@ class ValueTokenizer:
         self, path: str | Path, max_len: int = VALUE_MAX_LEN, *, expected_vocab_size: int | None = GEMMA3_VOCAB_SIZE
     ) -> None:
         self.processor = load_sentencepiece(path, expected_vocab_size, what="Gemma3")
+        self.path = Path(path)
         self.max_len = max_len
 
     @property

@@ -1,7 +1,7 @@
 """Serve a trained pi0.5 / pi0.6 run: the policy builder for model kind "pi0".
 
 Everything comes from the run directory, exactly as training left it: `config.json` (model,
-cameras, tokenizer), `assets/norm_stats.json` and the checkpoint. The model is rebuilt through
+cameras), `assets/norm_stats.json`, `assets/tokenizer.model` and the checkpoint. The model is rebuilt through
 `train.init.load_parts` (the frozen base re-attached and checked against the fingerprint the
 checkpoint recorded; EMA params when the run kept them, as openpi serves EMA). Requests go
 through the run's own `PolicyTask.observation_inputs` with no generator, so serving tokenises,
@@ -32,18 +32,6 @@ from recap_core.serve.policy import ModelPolicy
 from recap_core.train.init import POLICY_STAGES, load_parts
 from recap_core.train.jobs import POLICY_KIND, task_for_config
 from recap_core.train.policy_task import PolicyTask
-
-TOKENIZER_ASSET = "tokenizer.model"  # <run>/assets/tokenizer.model, preferred when present
-
-
-def with_run_tokenizer(config: RunConfig, run_dir: Path) -> RunConfig:
-    """The run config pointing at the tokenizer stored in the run, if the run stores one.
-
-    Otherwise the config is unchanged and `jobs.tokenizer_path` resolves it as training did
-    (`tokenizer` key, the toy tokenizer for -tiny presets, or the configured PaliGemma file).
-    """
-    stored = run_dir / "assets" / TOKENIZER_ASSET
-    return config.model_copy(update={"tokenizer": str(stored)}) if stored.is_file() else config
 
 
 def run_default_prompt(config: RunConfig) -> str | None:
@@ -117,7 +105,7 @@ def _check_options(config: RunConfig, pi06: bool, options: ServeOptions, run_dir
 
 def task_factory_for(run_dir: Path, norm_stats: Any) -> Callable[[RunConfig], Any]:
     """The task training built for a config, with the run's stored tokenizer and norm stats."""
-    return lambda cfg: task_for_config(with_run_tokenizer(cfg, run_dir), norm_stats=norm_stats)
+    return lambda cfg: task_for_config(cfg, norm_stats=norm_stats, run_dir=run_dir)
 
 
 def build_pi0_policy(checkpoint: RunCheckpoint, options: ServeOptions) -> ModelPolicy:

@@ -61,8 +61,21 @@ def preset_model(stage: str, preset: str) -> dict[str, Any]:
     return {"kind": POLICY_KIND, **model.to_dict()}
 
 
-def tokenizer_path(config: RunConfig) -> Path:
-    """The run's tokenizer file: the config's, a toy one for -tiny presets, else from settings."""
+TOKENIZER_ASSET = "tokenizer.model"
+"""The copy of the tokenizer a run trained with, under `<run>/assets/`: the run needs nothing else."""
+
+
+def tokenizer_path(config: RunConfig, run_dir: Path | None = None) -> Path:
+    """The tokenizer file of a run; the one place that decides it (training, serving, labelling).
+
+    A run that stores its own copy (`<run>/assets/tokenizer.model`, written when training starts)
+    uses that, so a moved or deleted original does not matter. Otherwise: the config's
+    `tokenizer`, a toy tokenizer for -tiny presets, else the file configured in settings.
+    """
+    if run_dir is not None:
+        stored = Path(run_dir) / "assets" / TOKENIZER_ASSET
+        if stored.is_file():
+            return stored
     if config.tokenizer:
         return Path(config.tokenizer).expanduser()
     from recap_core.settings import get_settings
@@ -86,8 +99,12 @@ def tokenizer_path(config: RunConfig) -> Path:
     return settings.paligemma_tokenizer
 
 
-def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple[str, ...] | None = None) -> Task:
-    """The task a run trains (also what `load_parts` needs to rebuild a finished run's model)."""
+def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple[str, ...] | None = None,
+                    run_dir: Path | None = None) -> Task:
+    """The task a run trains (also what `load_parts` needs to rebuild a finished run's model).
+
+    `run_dir`: the run the config belongs to, when it exists; its stored tokenizer is used.
+    """
     model = dict(config.model)
     kind = model.pop("kind", None)
     cams = tuple(cameras or config.cameras or ())
@@ -105,13 +122,13 @@ def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple
                               fix="use --preset pi06, pi06-lora or pi06-tiny")
         tiny = config.preset.endswith("-tiny")
         tokenizer = PolicyTokenizer(
-            tokenizer_path(config), model_config.max_token_len, indicator_dropout=config.data.adv_ind_dropout,
+            tokenizer_path(config, run_dir), model_config.max_token_len, indicator_dropout=config.data.adv_ind_dropout,
             expected_vocab_size=None if tiny or config.tokenizer else model_config.vocab_size,
         )
         return PolicyTask(model_config, tokenizer, norm_stats, cams or model_config.image_keys)
     from recap_core.train.value_task import value_task
 
-    return value_task(config, cams)
+    return value_task(config, cams, run_dir=run_dir)
 
 
 def _loader(root: Path, config: RunConfig, task: Task, episodes: list[int] | None, *, train: bool,
@@ -170,7 +187,7 @@ def check_dataset(config: RunConfig) -> DatasetInfo:
 def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJob:
     info = check_dataset(config)
     root = Path(config.dataset)
-    assets: dict[str, str] = {}
+    assets: dict[str, str | bytes] = {}
     norm_stats = None
     if config.stage != "value":
         stats_file = Path(run_dir) / "assets" / "norm_stats.json"
@@ -180,7 +197,10 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
     cameras = tuple(camera_name(k) for k in (camera_keys_for(info, config.cameras) if config.cameras
                                              else info.camera_keys))
     config.cameras = list(cameras)  # recorded in config.json: loading the run needs the same cameras
-    task = task_for_config(config, norm_stats=norm_stats, cameras=cameras)
+    # A resumed run keeps the tokenizer it stored; a new run stores a copy of the one it trains with.
+    stored_run = Path(run_dir) if resuming else None
+    task = task_for_config(config, norm_stats=norm_stats, cameras=cameras, run_dir=stored_run)
+    assets[TOKENIZER_ASSET] = tokenizer_path(config, stored_run).read_bytes()
     lengths = episode_lengths(info)
     train_eps, val_eps = split_episodes(sorted(lengths), config.val.fraction, config.seed)
     val_batches = _val_batches(root, config, task, val_eps, lengths)

@@ -45,8 +45,8 @@ class TrainingJob:
     task_factory: TaskFactory
     train_data: BatchSource
     val_batches: Callable[[], Iterable[Batch]] | None = None
-    assets: dict[str, str] = field(default_factory=dict)
-    """Files written under `<run>/assets/` (relative path -> text), e.g. norm_stats.json."""
+    assets: dict[str, str | bytes] = field(default_factory=dict)
+    """Files written under `<run>/assets/` (relative path -> text or bytes): norm_stats.json, tokenizer.model."""
 
 
 @dataclass
@@ -76,7 +76,7 @@ class TrainResult:
     steps_per_s: float
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str], *, resume: bool, overwrite: bool) -> bool:
+def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | bytes], *, resume: bool, overwrite: bool) -> bool:
     """Create (or, with --resume, reuse) the run directory. Returns True when resuming."""
     run_dir = Path(run_dir)
     if run_dir.exists() and resume:
@@ -93,10 +93,13 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str], *,
     if jax.process_index() == 0:
         with atomic_output_dir(run_dir, overwrite=overwrite) as tmp:
             (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-            for rel, text in assets.items():
+            for rel, content in assets.items():
                 path = tmp / "assets" / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
+                if isinstance(content, bytes):
+                    path.write_bytes(content)
+                else:
+                    path.write_text(content)
             (tmp / "checkpoints").mkdir()
     return False
 

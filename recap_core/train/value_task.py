@@ -9,6 +9,7 @@ correlation with `value_label` within each held-out episode.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,7 @@ class ValueTask:
         return per_episode_value_metrics(outputs["value"], target, episode)
 
 
-def value_task(config: RunConfig, cameras: Sequence[str]) -> ValueTask:
+def value_task(config: RunConfig, cameras: Sequence[str], *, run_dir: Path | None = None) -> ValueTask:
     """The value task of a run config (`model.name` is the value preset, `freeze_mode` its freezing)."""
     from recap_core.models.tokenizer import ValueTokenizer
     from recap_core.models.value import value_config
@@ -84,7 +85,7 @@ def value_task(config: RunConfig, cameras: Sequence[str]) -> ValueTask:
     model_config = value_config(name, freeze=config.freeze_mode or "all_backbones")
     tiny = config.preset.endswith("-tiny")
     tokenizer = ValueTokenizer(
-        tokenizer_path(config), model_config.max_token_len, expected_vocab_size=None if tiny or config.tokenizer else 262_144
+        tokenizer_path(config, run_dir), model_config.max_token_len, expected_vocab_size=None if tiny or config.tokenizer else 262_144
     )
     cameras = tuple(cameras or config.cameras or ())
     if not cameras:

@@ -210,21 +210,23 @@ def test_missing_norm_stats_is_a_clear_error_and_cli_exit_2(runs: dict[str, Path
 
 def test_tokenizer_is_found_from_the_run_dir(runs: dict[str, Path], tmp_path: Path) -> None:
     from recap_core.config import load_run_config
-    from recap_core.serve.pi0_policy import task_factory_for, with_run_tokenizer
+    from recap_core.serve.pi0_policy import task_factory_for
+    from recap_core.train.jobs import tokenizer_path
 
     run = _copy_run(runs["pi06"], tmp_path / "run")
     config = load_run_config(run / "config.json")
-    assert with_run_tokenizer(config, run).tokenizer == config.tokenizer  # as training resolved it
-    shutil.copy(config.tokenizer, run / "assets" / "tokenizer.model")
+    stored = run / "assets" / "tokenizer.model"
+    # Training stored a copy of the tokenizer it used, and that copy is what the run resolves to.
+    assert stored.read_bytes() == Path(config.tokenizer).read_bytes()
+    assert tokenizer_path(config, run) == stored and tokenizer_path(config) == Path(config.tokenizer)
     # The run's own copy wins, so a moved or deleted original does not matter.
     data = json.loads((run / "config.json").read_text())
     data["tokenizer"] = str(tmp_path / "gone.model")
     (run / "config.json").write_text(json.dumps(data))
     moved = load_run_config(run / "config.json")
-    assert with_run_tokenizer(moved, run).tokenizer == str(run / "assets" / "tokenizer.model")
     task = task_factory_for(run, None)(moved)
     assert task.tokenizer.vocab_size == 512
-    (run / "assets" / "tokenizer.model").unlink()
+    stored.unlink()
     with pytest.raises(TokenizerError, match=r"gone\.model"):
         task_factory_for(run, None)(moved)
 

@@ -1,4 +1,4 @@
-"""Validation on held-out episodes, through the real loader: the split, and val metrics in metrics.jsonl."""
+"""`build_job` with the real loader: the train/val episode split, val metrics, a self-contained run dir."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from recap_core.config import resolve_run_config
 from recap_core.data.synthetic import make_dataset
-from recap_core.train.jobs import build_job, val_batch_size
+from recap_core.errors import TokenizerError
+from recap_core.train.jobs import build_job, tokenizer_path, val_batch_size
 from recap_core.train.loop import train
 from recap_core.train.metrics import read_metrics
 from recap_core.train.validation import per_episode_value_metrics, split_episodes
@@ -42,17 +43,44 @@ def test_train_and_val_loaders_split_by_episode(dataset: Path, tmp_path: Path) -
         assert len(val) == 4 and {int(e) for b in val for e in b["episode_index"]} == set(val_eps)
 
 
-def test_value_run_writes_val_metrics(dataset: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def value_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A 4-step value-tiny run validating every 2 steps: (run dir, the TrainResult's val metrics)."""
+    run = tmp_path_factory.mktemp("value") / "run"
     config = _value_config(dataset)
-    result = train(build_job(config, tmp_path / "run", resuming=False), config, tmp_path / "run")
-    val = [r for r in read_metrics(tmp_path / "run") if r["split"] == "val"]
+    result = train(build_job(config, run, resuming=False), config, run)
+    return run, result.val
+
+
+def test_value_run_writes_val_metrics(value_run: tuple[Path, dict]) -> None:
+    run, result_val = value_run
+    val = [r for r in read_metrics(run) if r["split"] == "val"]
     assert [r["step"] for r in val] == [2, 4]
     for record in val:
         assert record["batches"] == 2.0  # val.max_batches of the 4 held-out batches
         assert math.isfinite(record["loss"]) and math.isfinite(record["value_mae"])
         assert record["value_mae"] >= 0 and -1 <= record["value_rank_corr_per_episode"] <= 1
         assert record["episodes"] >= 1
-    assert result.val == {k: v for k, v in val[-1].items() if k not in ("step", "split", "time")}
+    assert result_val == {k: v for k, v in val[-1].items() if k not in ("step", "split", "time")}
+
+
+def test_run_stores_its_tokenizer_and_uses_it_later(value_run: tuple[Path, dict], tmp_path: Path) -> None:
+    from recap_core.config import load_run_config
+    from recap_core.label.model import value_task_factory
+
+    run, _ = value_run
+    config = load_run_config(run / "config.json")
+    stored = run / "assets" / "tokenizer.model"
+    original = tokenizer_path(config)  # the toy tokenizer of the -tiny preset, in the cache
+    assert stored.read_bytes() == original.read_bytes()
+    assert tokenizer_path(config, run) == stored
+    # Labelling and resuming read the run's copy, whatever the config or the cache say now.
+    gone = config.model_copy(update={"tokenizer": str(tmp_path / "gone.model")})
+    task = value_task_factory(("observation.images.cam_high",), run)(gone)
+    assert task.tokenizer.path == stored and task.cameras == ("cam_high",)
+    assert build_job(gone, run, resuming=True).task.tokenizer.path == stored
+    with pytest.raises(TokenizerError, match=r"gone\.model"):
+        value_task_factory(("observation.images.cam_high",))(gone)
 
 
 def test_no_validation_when_nothing_is_held_out(dataset: Path, tmp_path: Path) -> None:
