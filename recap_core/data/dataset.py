@@ -502,8 +502,3 @@ def write_episode(
         frame["task"] = tasks if isinstance(tasks, str) else str(tasks[t])
         ds.add_frame(frame)
     ds.save_episode()
-
-
-# Older names, still imported by other modules.
-_read_parquet = read_parquet
-_episodes_meta = read_episodes_meta

@@ -114,9 +114,9 @@ class FrameTable:
 
     def __init__(self, root: str | Path, *, state_key: str, action_key: str, cameras: Sequence[str] | None) -> None:
         from recap_core.data.dataset import (
-            _episodes_meta,
             camera_keys_for,
             open_dataset,
+            read_episodes_meta,
             read_table,
             require_columns,
         )
@@ -145,7 +145,7 @@ class FrameTable:
         self.timestamps = table.column("timestamp").to_numpy(zero_copy_only=False).astype(np.float64)
         self.prompts = self._prompts()
         self._index_episodes()
-        self._video_meta = _episodes_meta(self.info) if self.info.video_keys else None
+        self._video_meta = read_episodes_meta(self.info) if self.info.video_keys else None
         self._image_bytes: dict[str, list[bytes]] = {}
         self._image_lock = threading.Lock()
 
@@ -594,7 +594,7 @@ class _EpisodeCache:
                 break
             loader = self.loader
             self.live[ep] = {
-                key: self.pool.submit(_decode_camera, loader.frames, key, ep, loader.config.image_size)
+                key: self.pool.submit(decode_camera, loader.frames, key, ep, loader.config.image_size)
                 for key in loader.cameras
             }
             self.next_to_submit += 1
@@ -617,8 +617,9 @@ class _EpisodeCache:
             del self.live[ep]
 
 
-def _decode_camera(frames: FrameTable, key: str, ep: int, size: tuple[int, int]) -> np.ndarray:
-    """All frames of one episode of one camera, resized with pad: uint8 [T, H, W, 3]."""
+def decode_camera(frames: FrameTable, key: str, ep: int, size: tuple[int, int]) -> np.ndarray:
+    """All frames of one episode (`ep`: its position in `frames`) of one camera, resized with pad:
+    uint8 [T, H, W, 3]. The training loader and `recap value label` both decode through this."""
     if frames.features[key]["dtype"] == "video":
         path, from_ts = frames.video_location(key, ep)
         return decode_episode_video(path, from_ts, frames.episode_timestamps(ep), frames.fps, size)

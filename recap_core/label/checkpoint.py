@@ -38,7 +38,7 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
     """Resolve `--checkpoint`; raise CheckpointError unless it is a finished value-model run."""
     from recap_core.config import load_run_config
     from recap_core.errors import ConfigError
-    from recap_core.train.init import _latest_step, resolve_run_path
+    from recap_core.train.init import latest_step, resolve_run_path
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -59,4 +59,4 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
             f"--checkpoint {path} is a `{config.stage}` run (preset {config.preset}), not a value model",
             fix="pass the run directory of `recap value train`; policies cannot label advantages",
         )
-    return ValueCheckpoint(run_dir=run_dir, step=_latest_step(run_dir, step), preset=config.preset)
+    return ValueCheckpoint(run_dir=run_dir, step=latest_step(run_dir, step), preset=config.preset)

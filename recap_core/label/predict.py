@@ -189,13 +189,13 @@ class InferenceFrames:
         self._lock = threading.Lock()
 
     def _episode_images(self, pos: int) -> dict[str, np.ndarray]:
-        from recap_core.data.loader import _decode_camera
+        from recap_core.data.loader import decode_camera
 
         with self._lock:
             if pos in self._decoded:
                 self._decoded.move_to_end(pos)
                 return self._decoded[pos]
-        images = {key: _decode_camera(self.frames, key, pos, self.image_size) for key in self.frames.camera_keys}
+        images = {key: decode_camera(self.frames, key, pos, self.image_size) for key in self.frames.camera_keys}
         with self._lock:
             self._decoded[pos] = images
             while len(self._decoded) > self.keep:

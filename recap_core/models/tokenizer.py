@@ -191,7 +191,7 @@ class ValueTokenizer:
         return {"tokens": np.stack([r[0] for r in rows]), "token_mask": np.stack([r[1] for r in rows])}
 
 
-def _toy_corpus(extra_texts: Iterable[str]) -> list[str]:
+def toy_corpus(extra_texts: Iterable[str]) -> list[str]:
     """Text covering the prompt templates, every state bin and common task words."""
     text = ("pick up the red cube and place it in the bin push the block to the goal open drawer "
             "close lid stack cups fold towel pour water move arm left right gripper")
@@ -214,7 +214,7 @@ def build_toy_tokenizer(path: str | Path, extra_texts: Iterable[str] = (), vocab
     path = Path(path)
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_toy_corpus(extra_texts)),
+        sentence_iterator=iter(toy_corpus(extra_texts)),
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",

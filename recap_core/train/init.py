@@ -57,7 +57,8 @@ def resolve_run_path(path: Path) -> tuple[Path, int | None]:
     )
 
 
-def _latest_step(run_dir: Path, step: int | None) -> int:
+def latest_step(run_dir: Path, step: int | None) -> int:
+    """`step` if the run has a finished checkpoint there, else (step None) its latest one."""
     ckpts = RunCheckpoints(run_dir / "checkpoints", read_only=True)
     steps = ckpts.steps() if (run_dir / "checkpoints").is_dir() else []
     if not steps:
@@ -118,7 +119,7 @@ def build_parts(
                     else "pass a run of `recap value train`"
                 ),
             )
-        step = _latest_step(run_dir, step)
+        step = latest_step(run_dir, step)
         source = load_parts(run_dir, step, mesh, task_factory=task_factory, use_ema=True)
         parts = copy_by_path(source, parts, origin=f"{run_dir} step {step}")
         base = {"kind": "run", "path": str(run_dir), "step": step}
@@ -174,7 +175,7 @@ def load_parts(
     """A finished run's full model: base re-attached (and checked), trained params restored."""
     run_dir, _ = resolve_run_path(run_dir) if step is None else (Path(run_dir), step)
     config = load_run_config(run_dir / "config.json")
-    step = _latest_step(run_dir, step)
+    step = latest_step(run_dir, step)
     task = task_factory(config)
     parts, base = build_parts(config, task, mesh, task_factory)
     ckpts = RunCheckpoints(run_dir / "checkpoints", config.checkpoint, read_only=True)

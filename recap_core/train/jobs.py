@@ -82,9 +82,9 @@ def tokenizer_path(config: RunConfig, run_dir: Path | None = None) -> Path:
 
     settings = get_settings()
     if config.preset.endswith("-tiny"):
-        from recap_core.models.tokenizer import _toy_corpus, build_toy_tokenizer
+        from recap_core.models.tokenizer import build_toy_tokenizer, toy_corpus
 
-        digest = hashlib.sha256("\n".join(_toy_corpus(())).encode()).hexdigest()[:12]
+        digest = hashlib.sha256("\n".join(toy_corpus(())).encode()).hexdigest()[:12]
         path = settings.cache_dir / f"toy_tokenizer-{digest}.model"
         if not path.is_file():
             build_toy_tokenizer(path)
