@@ -46,6 +46,7 @@ def _make_policy(
     require_adv_ind: bool,
     cfg_beta: float,
     num_steps: int,
+    seed: int,
     preflight: bool,
 ) -> Policy:
     from recap_core.errors import ServeError
@@ -72,6 +73,7 @@ def _make_policy(
         require_adv_ind=require_adv_ind,
         cfg_beta=cfg_beta,
         num_steps=num_steps,
+        seed=seed,
     )
     checkpoint = resolve_checkpoint(run_or_ckpt)  # a wrong path fails here, before any slow check
     if preflight:
@@ -106,6 +108,9 @@ def serve(
         float, typer.Option("--cfg-beta", help="Classifier-free guidance weight; > 1 turns CFG on.")
     ] = 1.0,
     num_steps: Annotated[int, typer.Option("--num-steps", help="Flow-matching denoising steps.")] = 10,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the sampling noise: the same seed answers the same requests alike.")
+    ] = 0,
     api_key: Annotated[
         str | None,
         typer.Option("--api-key", envvar="RECAP_SERVE_API_KEY", help="Refuse clients without 'Authorization: Api-Key KEY'."),
@@ -136,7 +141,8 @@ def serve(
     )
     with err_console.status("loading and warming up the policy"):
         served = _make_policy(
-            run_or_ckpt, policy, action_shape, default_adv_ind, require_adv_ind, cfg_beta, num_steps, not no_preflight
+            run_or_ckpt, policy, action_shape, default_adv_ind, require_adv_ind, cfg_beta, num_steps, seed,
+            not no_preflight,
         )
     server = PolicyServer(served, config)
 

@@ -50,9 +50,9 @@ def _train(root: Path, stage: str, preset: str, dataset: Path, tokenizer: Path) 
     return run
 
 
-def _start_server(run: Path) -> subprocess.Popen:
+def _start_server(run: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*RECAP, "serve", str(run), "--port", "0", "--json", "--num-steps", "3", "--no-preflight"],
+        [*RECAP, "serve", str(run), "--port", "0", "--json", "--num-steps", "3", "--no-preflight", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )
 
@@ -74,7 +74,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     servers: list[subprocess.Popen] = []
     try:
         out: dict[str, Path] = {"pi06": _train(root, "finetune", "pi06-tiny", dataset, tokenizer)}
-        servers.append(_start_server(out["pi06"]))
+        servers.append(_start_server(out["pi06"], "--seed", str(PI06_SERVER_SEED)))
         out["pi05"] = _train(root, "sft", "pi05-tiny", dataset, tokenizer)
         servers.append(_start_server(out["pi05"]))
         _SERVERS.update(pi06=servers[0], pi05=servers[1])
@@ -87,6 +87,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
 
 
 _SERVERS: dict[str, subprocess.Popen] = {}
+PI06_SERVER_SEED = 3  # `recap serve --seed`; the pi0.5 server keeps the default 0
 
 
 @pytest.fixture(scope="module")
@@ -234,18 +235,34 @@ def test_tokenizer_is_found_from_the_run_dir(runs: dict[str, Path], tmp_path: Pa
 # Wire tests last: by now both `recap serve` subprocesses have had time to warm up.
 
 
-def test_recap_serve_run_answers_the_openpi_client(served: dict[str, WebsocketClientPolicy]) -> None:
+def test_recap_serve_run_answers_the_openpi_client(
+    runs: dict[str, Path], served: dict[str, WebsocketClientPolicy]
+) -> None:
     client = served["pi06"]
     meta = client.get_server_metadata()
     assert meta["model"] == "pi0.6" and meta["params"] == "ema" and meta["step"] == 1
     assert meta["adv_ind"]["default"] == "positive" and meta["adv_ind"]["conditioned"]
     assert meta["cameras"] == ["cam_high", "cam_left_wrist"] and meta["state_dim"] == STATE_DIM
     assert meta["default_prompt"] == "pick up the cube"  # the dataset's only task
+    assert meta["seed"] == PI06_SERVER_SEED
+    answers = []
     for extra in ({}, {"adv_ind": "negative"}, {"adv_ind": "none"}):
         out = client.infer(_observation(**extra))
         # The model pads actions to 8 dims; the robot gets its own 5, unnormalised, float32.
         assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
         assert np.isfinite(out["actions"]).all()
+        answers.append(out["actions"])
+    # --seed reached the sampler: the server's first answer is what a fresh same-seed policy answers
+    # after the same warm-up request, and a policy with another seed answers differently.
+    from recap_core.serve.policy import warm_up
+
+    def first_answer(seed: int) -> np.ndarray:
+        policy = load_policy(runs["pi06"], ServeOptions(num_steps=3, seed=seed))
+        warm_up(policy)  # as the server does before its port opens (it draws noise too)
+        return policy.infer(_observation())["actions"]
+
+    np.testing.assert_allclose(answers[0], first_answer(PI06_SERVER_SEED), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(answers[0], first_answer(PI06_SERVER_SEED + 1), rtol=1e-3, atol=1e-4)
     with pytest.raises(RuntimeError, match="adv_ind"):
         client.infer(_observation(adv_ind="great"))
     assert client.infer(_observation())["actions"].shape == (HORIZON, ACTION_DIM)  # still serving
