@@ -50,7 +50,10 @@ class PresetSize:
 def _policy_presets() -> dict[str, Preset]:
     from recap_core.models.pi0 import Pi0Config
 
-    lora = dict(paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora")
+    # LoRA presets also freeze SigLIP (openpi trains it): a LoRA checkpoint then holds the adapters
+    # and the small heads only, and the run fits one 24 GB GPU. `--set model.train_vision=true`
+    # trains the vision tower as openpi does.
+    lora = dict(paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora", train_vision=False)
     # CPU size for tests and the toy demo: openpi's "dummy" Gemma, a 2-layer SigLIP at 32 px,
     # the toy tokenizer's vocabulary, action_dim 8 (the toy arm has 6), f32 without remat.
     tiny = dict(paligemma_variant="dummy", action_expert_variant="dummy_expert", siglip_variant="tiny",
@@ -59,16 +62,18 @@ def _policy_presets() -> dict[str, Preset]:
     return {p.name: p for p in (
         Preset("pi05", "policy", "pi0.5: SigLIP So400m/14 + Gemma 2B + Gemma 300M action expert, full fine-tune",
                Pi0Config()),
-        Preset("pi05-lora", "policy", "pi0.5 with LoRA (2B rank 16, 300M rank 32); base LLM frozen",
+        Preset("pi05-lora", "policy", "pi0.5 with LoRA (2B rank 16, 300M rank 32); base LLM and SigLIP frozen",
                Pi0Config(**lora)),
         Preset("pi06", "policy", "pi0.6: pi0.5 conditioned on the advantage indicator, full fine-tune",
                Pi0Config(pi06=True)),
-        Preset("pi06-lora", "policy", "pi0.6 with LoRA (2B rank 16, 300M rank 32); base LLM frozen",
+        Preset("pi06-lora", "policy", "pi0.6 with LoRA (2B rank 16, 300M rank 32); base LLM and SigLIP frozen",
                Pi0Config(pi06=True, **lora)),
         Preset("pi05-tiny", "policy", "tiny pi0.5 for CPU tests and the toy demo",
-               Pi0Config(max_token_len=48, **tiny)),
+               # Long enough for the toy tasks' prompts with a 6-D state and the indicator:
+               # truncation would cut the advantage clause off and silently disable pi0.6.
+               Pi0Config(max_token_len=64, **tiny)),
         Preset("pi06-tiny", "policy", "tiny pi0.6 for CPU tests and the toy demo",
-               Pi0Config(pi06=True, max_token_len=51, **tiny)),
+               Pi0Config(pi06=True, max_token_len=72, **tiny)),
     )}
 
 
