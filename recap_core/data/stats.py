@@ -196,31 +196,26 @@ def _require_quantiles(stats: NormStats) -> tuple[np.ndarray, np.ndarray]:
     return stats.q01, stats.q99
 
 
-def normalize(x: Any, stats: NormStats, *, use_quantiles: bool) -> Any:
-    """Normalise the last axis of `x` (numpy or jax); dims beyond the stats pass through."""
+def _operands(x: Any, stats: NormStats, use_quantiles: bool) -> tuple[Any, Any, Any | None, Any, Any]:
+    """(array module, head, tail, a, b) with (a, b) = (q01, q99) or (mean, std) cut to the head's dims."""
     xp = _xp(x)
     head, tail = _split(x, len(stats.mean))
     d = head.shape[-1]
     dtype = head.dtype if xp.issubdtype(head.dtype, xp.floating) else np.float32
-    if use_quantiles:
-        q01, q99 = (xp.asarray(q[:d], dtype=dtype) for q in _require_quantiles(stats))
-        out = (head - q01) / (q99 - q01 + EPS) * 2.0 - 1.0
-    else:
-        mean, std = xp.asarray(stats.mean[:d], dtype=dtype), xp.asarray(stats.std[:d], dtype=dtype)
-        out = (head - mean) / (std + EPS)
-    return _join(xp, out.astype(dtype), tail)
+    pair = _require_quantiles(stats) if use_quantiles else (stats.mean, stats.std)
+    a, b = (xp.asarray(v[:d], dtype=dtype) for v in pair)
+    return xp, head.astype(dtype), tail, a, b
+
+
+def normalize(x: Any, stats: NormStats, *, use_quantiles: bool) -> Any:
+    """Normalise the last axis of `x` (numpy or jax); dims beyond the stats pass through."""
+    xp, head, tail, a, b = _operands(x, stats, use_quantiles)
+    out = (head - a) / (b - a + EPS) * 2.0 - 1.0 if use_quantiles else (head - a) / (b + EPS)
+    return _join(xp, out.astype(head.dtype), tail)
 
 
 def unnormalize(x: Any, stats: NormStats, *, use_quantiles: bool) -> Any:
     """Invert `normalize` on the last axis of `x`; dims beyond the stats pass through."""
-    xp = _xp(x)
-    head, tail = _split(x, len(stats.mean))
-    d = head.shape[-1]
-    dtype = head.dtype if xp.issubdtype(head.dtype, xp.floating) else np.float32
-    if use_quantiles:
-        q01, q99 = (xp.asarray(q[:d], dtype=dtype) for q in _require_quantiles(stats))
-        out = (head + 1.0) / 2.0 * (q99 - q01 + EPS) + q01
-    else:
-        mean, std = xp.asarray(stats.mean[:d], dtype=dtype), xp.asarray(stats.std[:d], dtype=dtype)
-        out = head * (std + EPS) + mean
-    return _join(xp, out.astype(dtype), tail)
+    xp, head, tail, a, b = _operands(x, stats, use_quantiles)
+    out = (head + 1.0) / 2.0 * (b - a + EPS) + a if use_quantiles else head * (b + EPS) + a
+    return _join(xp, out.astype(head.dtype), tail)
