@@ -47,8 +47,8 @@ class DemoPlan:
 PLANS = {
     "fast": DemoPlan(demos=4, rollouts=3, eval_episodes=3, sft_steps=4, finetune_steps=4, value_steps=4,
                      batch_size=4),
-    "default": DemoPlan(demos=40, rollouts=30, eval_episodes=30, sft_steps=1500, finetune_steps=800,
-                        value_steps=600, batch_size=32),
+    "default": DemoPlan(demos=40, rollouts=30, eval_episodes=30, sft_steps=600, finetune_steps=400,
+                        value_steps=300, batch_size=32),
 }
 
 
