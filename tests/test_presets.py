@@ -58,8 +58,11 @@ def test_policy_size_is_the_sum_of_backbones_and_heads(name: str) -> None:
     assert size.train_memory_bytes == 16 * size.total_params
 
 
-def test_lora_presets_train_adapters_vision_and_heads_only() -> None:
+def test_lora_presets_train_adapters_and_heads_only() -> None:
+    import dataclasses
+
     base, lora = presets.preset_size("pi05"), presets.preset_size("pi06-lora")
+    assert presets.preset_size("pi05-lora") == lora
     adapters = (gemma.count_params(gemma.get_config("gemma_2b_lora"), None)
                 - gemma.count_params(gemma.get_config("gemma_2b"), None)
                 + gemma.count_params(gemma.get_config("gemma_300m_lora"), None)
@@ -67,9 +70,35 @@ def test_lora_presets_train_adapters_vision_and_heads_only() -> None:
     assert lora.total_params == base.total_params + adapters
     llm_base = gemma.count_params(gemma.get_config("gemma_2b"), 257_152) + gemma.count_params(
         gemma.get_config("gemma_300m"), None, adaptive=True)
-    # openpi's freeze filter covers the LLM only: SigLIP and the projection heads still train
-    assert lora.frozen_params == llm_base
+    siglip = _hf_siglip_so400m_without_pooling_head() + 1152 * 2048 + 2048  # + linear head to the Gemma width
+    heads = (32 * 1024 + 1024) + (1024 * 32 + 32) + 2 * (1024 * 1024 + 1024)  # action in/out, time MLP
+    # recap's LoRA presets freeze SigLIP as well as the base LLM: only adapters and heads train
+    assert lora.frozen_params == llm_base + siglip
+    assert lora.trainable_params == adapters + heads == 52_153_376
     assert lora.train_memory_bytes == 16 * lora.trainable_params + 2 * lora.frozen_params
+    # train_vision=True is openpi's LoRA freeze filter: the LLM only, so SigLIP trains too
+    config = dataclasses.replace(presets.get_preset("pi06-lora").model, train_vision=True)
+    openpi_like = presets.Preset("openpi-lora", "policy", "", config)
+    model = nnx.eval_shape(lambda: presets.build_model(openpi_like, nnx.Rngs(0)))
+    trainable = nnx.state(model, nnx.All(nnx.Param, nnx.Not(presets.frozen_filter(openpi_like))))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable)) == adapters + heads + siglip
+
+
+def test_train_vision_freezes_only_the_vision_tower_without_lora() -> None:
+    import dataclasses
+
+    from recap_core.models.lora import path_string
+
+    tiny = presets.get_preset("pi05-tiny").model
+    assert tiny.train_vision and presets.frozen_filter(presets.get_preset("pi05-tiny")) is nnx.Nothing
+    frozen_vision = presets.Preset("x", "policy", "", dataclasses.replace(tiny, train_vision=False))
+    model = nnx.eval_shape(lambda: presets.build_model(frozen_vision, nnx.Rngs(0)))
+    frozen = {path_string(p) for p, _ in nnx.state(model, nnx.All(nnx.Param, presets.frozen_filter(frozen_vision)))
+              .flat_state()}
+    everything = {path_string(p) for p, _ in nnx.state(model, nnx.Param).flat_state()}
+    assert frozen == {p for p in everything if p.startswith("PaliGemma/img/")} and frozen
+    with pytest.raises(ConfigError, match="train_vision"):
+        dataclasses.replace(tiny, train_vision="True")
 
 
 def test_value_presets_freeze_their_backbones() -> None:

@@ -34,6 +34,7 @@ from recap_core.models.siglip import ModelInputError, Siglip, SiglipConfig, sigl
 from recap_core.models.tokenizer import INDICATOR_EXTRA_LEN, PALIGEMMA_VOCAB_SIZE, POLICY_MAX_LEN
 
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi model.IMAGE_KEYS
+VISION_PATHS = r"PaliGemma/img/.*"  # SigLIP and its head, as named in openpi checkpoints
 Inputs = Mapping[str, Any]
 
 
@@ -54,6 +55,10 @@ class Pi0Config:
     indicator_dropout: float = 0.3  # pi0.6 paper; used by the training input pipeline
     dtype: str = "bfloat16"
     remat: bool = True
+    train_vision: bool = True
+    """False freezes the vision tower (`PaliGemma/img`: SigLIP and its projection to the Gemma width).
+    The -lora presets set False so their checkpoints hold little more than the adapters; openpi's
+    LoRA configs train it (True, `--set model.train_vision=true`)."""
 
     def __post_init__(self) -> None:
         if self.max_token_len == 0:
@@ -64,6 +69,9 @@ class Pi0Config:
         if not 0.0 <= self.indicator_dropout <= 1.0:
             raise ConfigError(f"Pi0Config.indicator_dropout={self.indicator_dropout} is not a probability",
                               fix="use a value in [0, 1] (paper: 0.3)")
+        if not isinstance(self.train_vision, bool):  # `--set model.train_vision=True` is TOML text, not a bool
+            raise ConfigError(f"Pi0Config.train_vision={self.train_vision!r} is not true or false",
+                              fix="use --set model.train_vision=true (or false), lower case")
         for name in ("action_dim", "action_horizon", "max_token_len", "image_size", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Pi0Config.{name}={getattr(self, name)} must be positive",
@@ -93,8 +101,13 @@ class Pi0Config:
         return self.prefix_config.has_lora or self.expert_config.has_lora
 
     def freeze_filter(self) -> Any:
-        """Frozen parameters (openpi `get_freeze_filter`): with LoRA, the base LLM weights."""
-        return lora_lib.freeze_filter(self.prefix_config.has_lora, self.expert_config.has_lora)
+        """Frozen parameters: openpi's `get_freeze_filter` (with LoRA, the base LLM weights), plus the
+        vision tower when `train_vision` is False."""
+        llm = lora_lib.freeze_filter(self.prefix_config.has_lora, self.expert_config.has_lora)
+        if self.train_vision:
+            return llm
+        vision = lora_lib.PathRegex(VISION_PATHS)
+        return vision if llm is nnx.Nothing else nnx.Any(llm, vision)
 
     def create(self, rngs: nnx.Rngs) -> Pi0:
         return Pi0(self, rngs=rngs)
