@@ -30,7 +30,7 @@ def label(
     use_ema: Annotated[bool, typer.Option("--use-ema", help="Use the checkpoint's EMA weights.")] = False,
     batch_size: Annotated[int, typer.Option(help="Frames per inference batch (global, all local devices).")] = 8,
     cameras: Annotated[
-        list[str] | None, typer.Option("--cameras", help="Camera names to feed the model (repeat; default: all).")
+        list[str] | None, typer.Option("--cameras", help="Camera names to feed the model (repeat; default: the value run's cameras).")
     ] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write PNG plots of values and advantages here.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
@@ -62,12 +62,15 @@ def label(
     # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.
     check_top_percent(top_percent)
     check_lookahead(lookahead)
+    shard_spec = parse_shard(shard)
+    ckpt = resolve_value_checkpoint(checkpoint)
+    # Feed the value model the cameras it was trained on unless told otherwise.
     options = LabelOptions(
         top_percent=top_percent, lookahead=lookahead, per_task=per_task, use_ema=use_ema, batch_size=batch_size,
-        cameras=tuple(cameras) if cameras else None, output=output, in_place=in_place, overwrite=overwrite,
-        cache_dir=cache, shard=parse_shard(shard), merge_from=tuple(merge_shards or ()), report_dir=report,
+        cameras=tuple(cameras) if cameras else ckpt.cameras, output=output, in_place=in_place,
+        overwrite=overwrite, cache_dir=cache, shard=shard_spec, merge_from=tuple(merge_shards or ()),
+        report_dir=report,
     )
-    ckpt = resolve_value_checkpoint(checkpoint)
     if not no_preflight:
         from recap_core.doctor import preflight
 

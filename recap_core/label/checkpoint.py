@@ -18,6 +18,8 @@ class ValueCheckpoint:
     run_dir: Path
     step: int
     preset: str
+    cameras: tuple[str, ...] | None = None
+    """The cameras the value model was trained on (labelling uses the same ones by default)."""
 
     @property
     def step_dir(self) -> Path:
@@ -59,4 +61,5 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
             f"--checkpoint {path} is a `{config.stage}` run (preset {config.preset}), not a value model",
             fix="pass the run directory of `recap value train`; policies cannot label advantages",
         )
-    return ValueCheckpoint(run_dir=run_dir, step=latest_step(run_dir, step), preset=config.preset)
+    return ValueCheckpoint(run_dir=run_dir, step=latest_step(run_dir, step), preset=config.preset,
+                           cameras=tuple(config.cameras) if config.cameras else None)
