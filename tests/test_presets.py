@@ -117,7 +117,25 @@ def test_value_presets_freeze_their_backbones() -> None:
 def test_tiny_presets_are_tiny_and_build() -> None:
     for name in ("pi05-tiny", "pi06-tiny", "value-tiny"):
         assert presets.preset_size(name).total_params < 10_000_000
-    assert presets.get_preset("pi06-tiny").model.max_token_len == presets.get_preset("pi05-tiny").model.max_token_len + 3
+
+
+
+def test_tiny_prompts_fit_with_the_advantage_clause(tmp_path) -> None:
+    """The toy tasks' longest prompt, with the indicator, must fit: truncation would drop the clause."""
+    import numpy as np
+
+    from recap_core.models.tokenizer import PolicyTokenizer, build_toy_tokenizer, policy_prompt
+    from recap_core.sim.task import TASKS
+
+    path = build_toy_tokenizer(tmp_path / "toy.model")
+    prompts = {p for task in TASKS.values() for p in task.prompts}
+    state = np.full(6, 0.999, np.float32)  # three-digit bins everywhere: the longest state text
+    for name in ("pi05-tiny", "pi06-tiny"):
+        model = presets.get_preset(name).model
+        tok = PolicyTokenizer(path, model.max_token_len, indicator_dropout=0.0, expected_vocab_size=None)
+        for prompt in prompts:
+            n = len(tok.encode(policy_prompt(prompt, state, "negative" if model.pi06 else None)))
+            assert n <= model.max_token_len, (name, prompt, n)
 
 
 def _recap(*args: str) -> subprocess.CompletedProcess:
