@@ -20,10 +20,7 @@ def demo(
 ) -> None:
     """Run the whole RECAP loop on the built-in toy task, on CPU, with the tiny presets.
 
-    demos -> convert -> sft -> serve + DAgger rollouts -> convert + merge -> finetune (Stage 3)
-    -> value train -> value label -> finetune (Stage 6) -> closed-loop eval of SFT, Stage 3 and
-    Stage 6, with a table of success rates (95% CIs) and a plot. Rerunning continues where an
-    interrupted run stopped.
+    Stages: scripted demos, convert, sft, DAgger rollouts through recap serve, convert + merge, finetune (Stage 3), value train, value label, finetune (Stage 6), then closed-loop eval of SFT, Stage 3 and Stage 6 with 95% confidence intervals and a plot. Rerunning continues where an interrupted run stopped.
 
     Example:  recap demo --workdir /tmp/recap-demo --seed 1
     """
