@@ -231,7 +231,7 @@ def plot_success(success: dict[str, dict[str, Any]], path: Path, title: str) -> 
     ax.bar(names, rates, yerr=[low, high], capsize=6, color=["#888888", "#4a90d9", "#2e7d32"][: len(names)])
     ax.set_ylim(0, 1)
     ax.set_ylabel("closed-loop success rate (95% CI)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
