@@ -28,6 +28,7 @@ from flax import nnx
 
 from recap_core.errors import ConfigError
 from recap_core.models import lora as lora_lib
+from recap_core.models.configs import named_config
 from recap_core.models.tokenizer import PALIGEMMA_VOCAB_SIZE
 
 # Mask fill value used by big_vision / openpi (not -inf, so fully masked rows stay finite).
@@ -81,12 +82,7 @@ VARIANTS: dict[str, GemmaConfig] = {
 
 
 def get_config(variant: str) -> GemmaConfig:
-    if variant not in VARIANTS:
-        raise ConfigError(
-            f"unknown Gemma variant {variant!r}; expected one of {', '.join(VARIANTS)}",
-            fix="pick one of the listed variants",
-        )
-    return VARIANTS[variant]
+    return named_config(VARIANTS, variant, "Gemma variant", "pick one of the listed variants")
 
 
 def expert_name(base: str, expert: int) -> str:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recap_core.errors import ConfigError
+from recap_core.models.configs import named_config
 from recap_core.models.siglip import ModelInputError, make_stacked, run_stacked
 
 Array = jax.Array
@@ -87,12 +88,8 @@ GEMMA3_PRESETS: dict[str, Gemma3Config] = {
 
 
 def gemma3_config(name: str, **overrides: Any) -> Gemma3Config:
-    if name not in GEMMA3_PRESETS:
-        raise ConfigError(
-            f"unknown Gemma3 variant {name!r}; expected one of {sorted(GEMMA3_PRESETS)}",
-            fix="pick a listed variant, or build a Gemma3Config(...) directly",
-        )
-    return dataclasses.replace(GEMMA3_PRESETS[name], **overrides)
+    return named_config(GEMMA3_PRESETS, name, "Gemma3 variant",
+                        "pick a listed variant, or build a Gemma3Config(...) directly", **overrides)
 
 
 class RMSNorm(nnx.Module):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recap_core.errors import ConfigError
+from recap_core.models.configs import named_config
 
 Array = jax.Array
 
@@ -77,12 +78,8 @@ SIGLIP_PRESETS: dict[str, SiglipConfig] = {
 
 def siglip_config(name: str, **overrides: Any) -> SiglipConfig:
     """A preset by name, with field overrides (e.g. `out_dim=2048, dtype="float32"`)."""
-    if name not in SIGLIP_PRESETS:
-        raise ConfigError(
-            f"unknown SigLIP variant {name!r}; expected one of {sorted(SIGLIP_PRESETS)}",
-            fix="pick a listed variant, or build a SiglipConfig(...) directly",
-        )
-    return dataclasses.replace(SIGLIP_PRESETS[name], **overrides)
+    return named_config(SIGLIP_PRESETS, name, "SigLIP variant",
+                        "pick a listed variant, or build a SiglipConfig(...) directly", **overrides)
 
 
 # --------------------------------------------------------------------------------------------

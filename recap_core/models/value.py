@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recap_core.errors import ConfigError
+from recap_core.models.configs import named_config
 from recap_core.models.gemma3 import Gemma3, Gemma3Config, gemma3_config
 from recap_core.models.siglip import ModelInputError, MultiHeadAttention, Siglip, SiglipConfig, siglip_config
 
@@ -75,12 +76,8 @@ VALUE_PRESETS: dict[str, ValueConfig] = {
 
 
 def value_config(name: str, **overrides: Any) -> ValueConfig:
-    if name not in VALUE_PRESETS:
-        raise ConfigError(
-            f"unknown value-model preset {name!r}; expected one of {sorted(VALUE_PRESETS)}",
-            fix="pick a listed preset (see `recap presets`)",
-        )
-    config = dataclasses.replace(VALUE_PRESETS[name], **overrides)
+    config = named_config(VALUE_PRESETS, name, "value-model preset", "pick a listed preset (see `recap presets`)",
+                          **overrides)
     _check_freeze_mode(config.freeze)
     return config
 
