@@ -66,7 +66,9 @@ def main() -> None:
         if proc.returncode == 0:
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         else:
-            results.append({"preset": preset, "error": proc.stderr.strip().splitlines()[-1:]})
+            # A child killed by the kernel (out of memory) leaves no stderr: report the signal.
+            results.append({"preset": preset, "returncode": proc.returncode,
+                            "error": proc.stderr.strip().splitlines()[-1:]})
     print(json.dumps(results, indent=2))
 
 
