@@ -12,6 +12,21 @@ import pytest
 
 RECAP = [sys.executable, "-m", "recap_cli.main"]
 
+# The tiny pi0 architecture policy tests train and serve (smaller prompt and horizon than pi05-tiny).
+TINY_PI0 = {
+    "kind": "pi0",
+    "paligemma_variant": "dummy",
+    "action_expert_variant": "dummy_expert",
+    "siglip_variant": "tiny",
+    "image_size": 32,
+    "action_dim": 8,
+    "action_horizon": 4,
+    "max_token_len": 48,
+    "vocab_size": 512,
+    "dtype": "float32",
+    "remat": False,
+}
+
 
 def run_recap(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600,
               check: bool = False) -> subprocess.CompletedProcess:

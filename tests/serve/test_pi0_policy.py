@@ -18,23 +18,12 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from recap_core.errors import CheckpointError, ServeError, TokenizerError
 from recap_core.serve.loading import ServeOptions, load_policy
+from tests.conftest import TINY_PI0 as TINY_PI0_BASE
 from tests.conftest import run_recap
 from tests.serve.test_cli import ENV, RECAP, _read_ready_json
 
 STATE_DIM, ACTION_DIM, HORIZON, MODEL_ACTION_DIM = 6, 5, 4, 8
-TINY_PI0 = {
-    "kind": "pi0",
-    "paligemma_variant": "dummy",
-    "action_expert_variant": "dummy_expert",
-    "siglip_variant": "tiny",
-    "image_size": 32,
-    "action_dim": MODEL_ACTION_DIM,
-    "action_horizon": HORIZON,
-    "max_token_len": 48,
-    "vocab_size": 512,
-    "dtype": "float32",
-    "remat": False,
-}
+TINY_PI0 = {**TINY_PI0_BASE, "action_dim": MODEL_ACTION_DIM, "action_horizon": HORIZON}
 
 
 def _train(root: Path, stage: str, preset: str, dataset: Path, tokenizer: Path) -> Path:

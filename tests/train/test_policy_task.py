@@ -14,20 +14,7 @@ from recap_core.train.jobs import build_job, check_dataset
 from recap_core.train.loop import train
 from recap_core.train.metrics import read_metrics
 from recap_core.train.policy_task import assign_cameras
-
-TINY_PI0 = {
-    "kind": "pi0",
-    "paligemma_variant": "dummy",
-    "action_expert_variant": "dummy_expert",
-    "siglip_variant": "tiny",
-    "image_size": 32,
-    "action_dim": 8,
-    "action_horizon": 4,
-    "max_token_len": 48,
-    "vocab_size": 512,
-    "dtype": "float32",
-    "remat": False,
-}
+from tests.conftest import TINY_PI0
 
 
 @pytest.fixture(scope="module")
