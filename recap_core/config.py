@@ -68,6 +68,11 @@ class DataConfig(_Section):
     adv_ind_dropout: float = Field(0.3, ge=0, le=1)
     """Finetune only: share of samples whose prompt drops the advantage clause (pistar: 0.3)."""
     shuffle: bool = True
+    delta_actions: bool | list[bool] | None = None
+    """Policy runs: train on joint deltas w.r.t. the current state (openpi's ALOHA recipe); serving
+    adds the state back. true: every action dim except those named *gripper*; a list: the mask
+    per action dim; false: absolute; unset: what the --init run used, else absolute. A run's
+    config.json records the resolved mask."""
 
 
 class DistributedConfig(_Section):

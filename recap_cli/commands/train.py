@@ -27,6 +27,10 @@ CamerasOpt = Annotated[list[str] | None, typer.Option("--cameras", help="Dataset
 WandbOpt = Annotated[str | None, typer.Option("--wandb", help="Also log to Weights & Biases: online | offline.")]
 NoPreflightOpt = Annotated[bool, typer.Option("--no-preflight", help="Skip the doctor's checks for this stage.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON document.")]
+DeltaOpt = Annotated[bool | None, typer.Option(
+    "--delta-actions/--absolute-actions",
+    help="Train on joint deltas w.r.t. the current state, grippers absolute (openpi's ALOHA recipe; "
+         "serving adds the state back). Default: the --init run's choice, else absolute.")]
 
 DOCTOR_STAGE = {"sft": "sft", "finetune": "finetune", "value": "value-train"}
 
@@ -149,6 +153,7 @@ def sft(
     fsdp_devices: FsdpOpt = None,
     cameras: CamerasOpt = None,
     wandb: WandbOpt = None,
+    delta_actions: DeltaOpt = None,
     no_preflight: NoPreflightOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -158,7 +163,8 @@ def sft(
     """
     run_training("sft", dataset, preset=preset, init=init, run_dir=run_dir, steps=steps, batch_size=batch_size,
                  resume=resume, overwrite=overwrite, sets=set_, config_file=config, fsdp_devices=fsdp_devices,
-                 cameras=cameras, wandb=wandb, no_preflight=no_preflight, as_json=as_json)
+                 cameras=cameras, wandb=wandb, no_preflight=no_preflight, as_json=as_json,
+                 extra_flags={"data.delta_actions": delta_actions})
 
 
 def finetune(
@@ -175,6 +181,7 @@ def finetune(
     fsdp_devices: FsdpOpt = None,
     cameras: CamerasOpt = None,
     wandb: WandbOpt = None,
+    delta_actions: DeltaOpt = None,
     no_preflight: NoPreflightOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -185,7 +192,7 @@ def finetune(
     run_training("finetune", dataset, preset=preset, init=init, run_dir=run_dir, steps=steps,
                  batch_size=batch_size, resume=resume, overwrite=overwrite, sets=set_, config_file=config,
                  fsdp_devices=fsdp_devices, cameras=cameras, wandb=wandb, no_preflight=no_preflight,
-                 as_json=as_json)
+                 as_json=as_json, extra_flags={"data.delta_actions": delta_actions})
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,8 @@ Input layout (one file per episode, `RAW_DIR/episode_<k>.hdf5`, taken in order o
     /action                         float [T, A]   -> action
     /intervention                   int/bool [T]   -> intervention (optional; default 0 = autonomous)
     root attrs: success (bool, default True), task (str, overrides --task for that episode)
+    qpos / action attrs: names (str [S] / [A], optional) -> the features' per-dim names; without
+    them a 14-D robot gets ALOHA's joint names (lerobot's aloha datasets), others none.
 
 Every file is checked (shapes, cameras, NaN/inf, empty episodes) before anything is written, so a
 bad episode stops the conversion up front with its file name.
@@ -36,6 +38,8 @@ from recap_core.errors import DatasetError
 from recap_core.fsutil import check_output
 
 EPISODE_FILE = re.compile(r"^episode_(\d+)\.hdf5$")
+_ALOHA_ARM = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")
+ALOHA_NAMES = tuple(f"{side}_{joint}" for side in ("left", "right") for joint in _ALOHA_ARM)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,20 @@ class RawEpisode:
     success: bool
     task: str
     intervention: np.ndarray
+    state_names: tuple[str, ...] | None = None
+    action_names: tuple[str, ...] | None = None
+
+
+def _dim_names(ds: Any, dim: int, path: Path) -> tuple[str, ...] | None:
+    """Per-dim names from the HDF5 dataset's `names` attribute, else ALOHA's for 14 dims."""
+    names = ds.attrs.get("names")
+    if names is None:
+        return ALOHA_NAMES if dim == len(ALOHA_NAMES) else None
+    names = tuple(_attr_str(n) for n in np.asarray(names).reshape(-1))
+    if len(names) != dim:
+        raise DatasetError(f"{path}: {ds.name} has {dim} dims but its names attribute lists {len(names)}",
+                           fix="store one name per dim, or drop the attribute")
+    return names
 
 
 def episode_files(raw_dir: Path) -> list[Path]:
@@ -119,7 +137,10 @@ def scan_episode(path: Path, default_task: str) -> RawEpisode:
             intervention = np.zeros(length, dtype=np.int64)
         success = bool(f.attrs.get("success", True))
         task = _attr_str(f.attrs["task"]) if "task" in f.attrs else default_task
-    return RawEpisode(path, length, cameras, qpos.shape[1], action.shape[1], has_qvel, success, task, intervention)
+        state_names = _dim_names(qpos, qpos.shape[1], path)
+        action_names = _dim_names(action, action.shape[1], path)
+    return RawEpisode(path, length, cameras, qpos.shape[1], action.shape[1], has_qvel, success, task, intervention,
+                      state_names, action_names)
 
 
 def _check_consistent(episodes: list[RawEpisode]) -> None:
@@ -130,6 +151,8 @@ def _check_consistent(episodes: list[RawEpisode]) -> None:
             ("state dim", first.state_dim, ep.state_dim),
             ("action dim", first.action_dim, ep.action_dim),
             ("qvel present", first.has_qvel, ep.has_qvel),
+            ("qpos names", first.state_names, ep.state_names),
+            ("action names", first.action_names, ep.action_names),
         ):
             if a != b:
                 raise DatasetError(
@@ -171,10 +194,10 @@ def convert_aloha_hdf5(
     )
     first = episodes[0]
     features = {f"observation.images.{cam}": camera_feature(h, w) for cam, (h, w, _) in first.cameras.items()}
-    features["observation.state"] = vector_feature(first.state_dim)
+    features["observation.state"] = vector_feature(first.state_dim, names=first.state_names)
     if first.has_qvel:
-        features["observation.velocity"] = vector_feature(first.state_dim)
-    features["action"] = vector_feature(first.action_dim)
+        features["observation.velocity"] = vector_feature(first.state_dim, names=first.state_names)
+    features["action"] = vector_feature(first.action_dim, names=first.action_names)
 
     with output_dataset_dir(out, overwrite, inputs=(Path(raw_dir),)) as tmp:
         ds = new_dataset(tmp, fps=fps, features=features, robot_type=robot_type)

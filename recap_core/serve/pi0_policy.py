@@ -165,6 +165,7 @@ def build_pi0_policy(checkpoint: RunCheckpoint, options: ServeOptions) -> ModelP
             "num_steps": options.num_steps,
             "cfg_beta": options.cfg_beta,
             "seed": options.seed,
+            "delta_actions": task.delta_mask or False,
         },
     )
 

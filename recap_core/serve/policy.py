@@ -26,6 +26,8 @@ from recap_core.serve.observation import (
 SampleActions = Callable[[dict[str, Any]], np.ndarray]
 # normalise the raw state / un-normalise model actions (openpi norm_stats.json semantics)
 ArrayTransform = Callable[[np.ndarray], np.ndarray]
+# (model actions [H, A], the request's raw state [S]) -> robot actions (unnormalised, absolute).
+ActionTransform = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @runtime_checkable
@@ -78,6 +80,10 @@ def _identity(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _actions_as_is(actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+    return actions
+
+
 class ModelPolicy:
     """A trained model behind the wire format: validate + map the request, sample, post-process."""
 
@@ -89,13 +95,13 @@ class ModelPolicy:
         action_horizon: int,
         action_dim: int,
         normalize_state: ArrayTransform | None = None,
-        unnormalize_actions: ArrayTransform | None = None,
+        unnormalize_actions: ActionTransform | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.spec = spec
         self._sample_actions = sample_actions
         self._normalize_state = normalize_state or _identity
-        self._unnormalize_actions = unnormalize_actions or _identity
+        self._unnormalize_actions = unnormalize_actions or _actions_as_is
         self.action_horizon = action_horizon
         self.action_dim = action_dim
         self.metadata = {
@@ -111,11 +117,13 @@ class ModelPolicy:
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         batch = prepare_observation(obs, self.spec)
+        raw_state = np.asarray(batch["state"], np.float32)
         batch["state"] = np.asarray(self._normalize_state(batch["state"]), np.float32)
         actions = np.asarray(self._sample_actions(batch))
         if actions.ndim == 3:
             actions = actions[0]
-        actions = np.asarray(self._unnormalize_actions(actions), np.float32)
+        actions = np.asarray(self._unnormalize_actions(actions, raw_state[0] if raw_state.ndim == 2 else raw_state),
+                             np.float32)
         if actions.ndim != 2 or actions.shape[0] != self.action_horizon or actions.shape[1] < self.action_dim:
             # The model broke its own contract: a bug, not a user mistake, so no RequestError.
             raise ValueError(

@@ -24,7 +24,7 @@ import h5py
 
 from recap_core.fsutil import atomic_output_dir
 from recap_core.sim.rollout import Episode, InterventionRule, PolicyFn, run_episode
-from recap_core.sim.task import TaskSpec, get_task
+from recap_core.sim.task import STATE_NAMES, TaskSpec, get_task
 
 ProgressFn = Callable[[Episode], None]
 
@@ -58,13 +58,13 @@ def write_episode_hdf5(path: Path, episode: Episode) -> None:
         f.attrs["success"] = bool(episode.success)
         f.attrs["task"] = episode.prompt
         obs = f.create_group("observations")
-        obs.create_dataset("qpos", data=episode.qpos)
-        obs.create_dataset("qvel", data=episode.qvel)
+        obs.create_dataset("qpos", data=episode.qpos).attrs["names"] = list(STATE_NAMES)
+        obs.create_dataset("qvel", data=episode.qvel).attrs["names"] = list(STATE_NAMES)
         images = obs.create_group("images")
         for cam, frames in episode.images.items():
             # One frame per chunk, as ALOHA's recorder does, so readers can stream frames.
             images.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]))
-        f.create_dataset("action", data=episode.action)
+        f.create_dataset("action", data=episode.action).attrs["names"] = list(STATE_NAMES)
         f.create_dataset("intervention", data=episode.intervention)
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import jax
 
-from recap_core.config import RunConfig
+from recap_core.config import RunConfig, load_run_config
+from recap_core.data.actions import check_mask, delta_action_values, delta_mask_from_names
 from recap_core.data.dataset import (
     DatasetInfo,
     camera_keys_for,
@@ -23,11 +24,13 @@ from recap_core.data.dataset import (
     require_columns,
 )
 from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
-from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
+from recap_core.data.stats import ACTIONS, compute_norm_stats, load_norm_stats, norm_stats_to_json, stats_of
 from recap_core.errors import ConfigError
+from recap_core.train.init import resolve_run_path
 from recap_core.train.loop import TrainingJob
 from recap_core.train.task import Batch, Task
 from recap_core.train.validation import split_episodes
+from recap_core.weights.init_source import published_weights_kind
 
 # What each stage reads, and the command a user runs in the error message.
 STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -125,7 +128,8 @@ def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple
             tokenizer_path(config, run_dir), model_config.max_token_len, indicator_dropout=config.data.adv_ind_dropout,
             expected_vocab_size=None if tiny or config.tokenizer else model_config.vocab_size,
         )
-        return PolicyTask(model_config, tokenizer, norm_stats, cams or model_config.image_keys)
+        return PolicyTask(model_config, tokenizer, norm_stats, cams or model_config.image_keys,
+                          delta_mask=config.data.delta_actions or None)
     from recap_core.train.value_task import value_task
 
     return value_task(config, cams, run_dir=run_dir)
@@ -184,15 +188,59 @@ def check_dataset(config: RunConfig) -> DatasetInfo:
     return info
 
 
+def _init_run_config(config: RunConfig) -> RunConfig | None:
+    """The config of the recap run that `--init` points at (None: random, base or openpi weights)."""
+    if config.init in ("random", "base") or published_weights_kind(Path(config.init)) is not None:
+        return None
+    run_dir, _ = resolve_run_path(Path(config.init))
+    return load_run_config(run_dir / "config.json")
+
+
+def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | bool:
+    """The run's delta-action mask (False: absolute actions), decided once and written to config.
+
+    Unset inherits the --init run's choice; a run initialised from another must use the same
+    convention, or the policy would read deltas as absolute targets (or the reverse).
+    """
+    if config.stage == "value":
+        return False
+    where = str(info.root)
+    wanted = config.data.delta_actions
+    parent = _init_run_config(config)
+    inherited = parent.data.delta_actions if parent is not None and parent.stage != "value" else None
+    if wanted is None:
+        wanted = inherited if inherited is not None else False
+    if wanted is True:
+        names = (info.features.get("action") or {}).get("names")
+        wanted = delta_mask_from_names(names if isinstance(names, list) else None, info.action_dim or 0, where)
+    mask = check_mask(wanted, info.action_dim or 0, info.state_dim or 0, where) if wanted else False
+    if mask and not any(mask):
+        mask = False
+    if inherited is not None and (inherited or False) != mask:
+        raise ConfigError(
+            f"--init {config.init} trained with data.delta_actions={inherited or False}, this run would use {mask}",
+            fix="drop --delta-actions/--absolute-actions to keep the --init run's convention",
+        )
+    return mask
+
+
 def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJob:
     info = check_dataset(config)
     root = Path(config.dataset)
     assets: dict[str, str | bytes] = {}
     norm_stats = None
+    if not resuming:
+        config.data.delta_actions = resolve_delta_actions(config, info)  # recorded in config.json
     if config.stage != "value":
         stats_file = Path(run_dir) / "assets" / "norm_stats.json"
         # A resumed run keeps the stats it started with, even if the dataset grew since.
-        norm_stats = load_norm_stats(stats_file) if resuming and stats_file.is_file() else compute_norm_stats(root)
+        if resuming and stats_file.is_file():
+            norm_stats = load_norm_stats(stats_file)
+        else:
+            norm_stats = compute_norm_stats(root)
+            if config.data.delta_actions:
+                horizon = int(config.model.get("action_horizon", 50))
+                norm_stats[ACTIONS] = stats_of(delta_action_values(root, config.data.delta_actions, horizon))
         assets["norm_stats.json"] = json.dumps(norm_stats_to_json(norm_stats), indent=2) + "\n"
     cameras = tuple(camera_name(k) for k in (camera_keys_for(info, config.cameras) if config.cameras
                                              else info.camera_keys))

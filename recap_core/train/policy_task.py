@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from recap_core.data.actions import to_absolute, to_delta
 from recap_core.data.stats import ACTIONS, STATE, NormStats, normalize, unnormalize
 from recap_core.errors import DatasetError
 from recap_core.models.pi0 import Pi0Config
@@ -88,8 +89,11 @@ class PolicyTask:
         tokenizer: PolicyTokenizer,
         norm_stats: Mapping[str, NormStats] | None,
         cameras: Sequence[str],
+        delta_mask: Sequence[bool] | None = None,
     ) -> None:
         self.model_config = model_config
+        # Action dims trained as deltas w.r.t. the current state (`recap_core.data.actions`).
+        self.delta_mask = list(delta_mask) if delta_mask and any(delta_mask) else None
         self.tokenizer = tokenizer
         self.norm_stats = dict(norm_stats) if norm_stats else None
         self.cameras = tuple(cameras)
@@ -107,11 +111,19 @@ class PolicyTask:
             return x.astype(np.float32)
         return np.asarray(normalize(x.astype(np.float32), self.norm_stats[key], use_quantiles=True))
 
-    def unnormalise_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Model actions back to robot units (the inverse of the training normalisation)."""
-        if self.norm_stats is None:
-            return np.asarray(actions, np.float32)
-        return np.asarray(unnormalize(np.asarray(actions, np.float32), self.norm_stats[ACTIONS], use_quantiles=True))
+    def unnormalise_actions(self, actions: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """Model actions [B, H, A] (or [H, A]) back to absolute robot targets: the inverse of the
+        training normalisation, then, for a delta-action run, plus the raw `state` [B, S] / [S]."""
+        out = np.asarray(actions, np.float32)
+        if self.norm_stats is not None:
+            out = np.asarray(unnormalize(out, self.norm_stats[ACTIONS], use_quantiles=True))
+        if self.delta_mask is None:
+            return out
+        if state is None:
+            raise ValueError("a delta-action policy needs the observation's state to return absolute actions")
+        if out.ndim == 2:
+            return to_absolute(out[None], np.asarray(state)[None], self.delta_mask)[0]
+        return to_absolute(out, state, self.delta_mask)
 
     def observation_inputs(
         self, batch: Mapping[str, Any], rng: np.random.Generator | None, *, with_unconditional: bool = False
@@ -135,7 +147,10 @@ class PolicyTask:
     def make_inputs(self, batch: Mapping[str, Any], rng: np.random.Generator, *, train: bool) -> dict[str, Any]:
         cfg = self.model_config
         inputs = self.observation_inputs(batch, rng if train else None)
-        actions = self._normalise(ACTIONS, np.asarray(batch["actions"]))[:, : cfg.action_horizon]
+        actions = np.asarray(batch["actions"])[:, : cfg.action_horizon]
+        if self.delta_mask is not None:
+            actions = to_delta(actions, np.asarray(batch["state"]), self.delta_mask)
+        actions = self._normalise(ACTIONS, actions)
         if actions.shape[-1] > cfg.action_dim:
             raise DatasetError(
                 f"the dataset's actions have {actions.shape[-1]} dims, more than the model's action_dim "

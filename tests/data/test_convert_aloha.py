@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recap_core.data import schema
-from recap_core.data.convert_aloha import convert_aloha_hdf5
+from recap_core.data.convert_aloha import ALOHA_NAMES, convert_aloha_hdf5
 from recap_core.data.dataset import open_dataset, read_columns
 from recap_core.data.synthetic import make_aloha_hdf5
 from recap_core.errors import DatasetError, OutputExistsError
@@ -30,6 +30,9 @@ def test_cli_converts_and_lerobot_reads_it(tiny_aloha_raw: Path, tmp_path: Path)
 
     ds = LeRobotDataset("local/out", root=out, video_backend="pyav")
     assert ds.meta.robot_type == "aloha" and ds.fps == 10
+    # 14-D without a names attribute: ALOHA's joint names, so --delta-actions can find the grippers.
+    assert ds.meta.features["action"]["names"] == list(ALOHA_NAMES)
+    assert ds.meta.features["observation.state"]["names"][6] == "left_gripper"
     assert set(ds.meta.video_keys) == {"observation.images.cam_high", "observation.images.cam_left_wrist"}
     with h5py.File(tiny_aloha_raw / "episode_1.hdf5") as f:
         qpos, qvel, img = f["/observations/qpos"][5], f["/observations/qvel"][5], f["/observations/images/cam_high"][5]
@@ -85,6 +88,7 @@ def _break(path: Path, fn) -> None:
         (lambda f: f.__delitem__("/action"), r"episode_1.hdf5 has no /action dataset"),
         (lambda f: f.__delitem__("/observations/images/cam_left_wrist"), r"episode_1.hdf5 differs from episode_0.hdf5 in cameras"),
         (lambda f: f["/intervention"].__setitem__(0, 3), r"/intervention must hold 12 values of 0/1"),
+        (lambda f: f["/action"].attrs.__setitem__("names", ["a", "b"]), r"/action has 14 dims but its names attribute lists 2"),
     ],
 )
 def test_bad_episode_is_named_and_nothing_written(tmp_path: Path, breaker, message: str) -> None:
@@ -94,6 +98,22 @@ def test_bad_episode_is_named_and_nothing_written(tmp_path: Path, breaker, messa
         convert_aloha_hdf5(raw, tmp_path / "out", fps=10, task="t")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_names_attribute_becomes_the_feature_names(tmp_path: Path) -> None:
+    raw = make_aloha_hdf5(tmp_path / "raw", episodes=2, frames=5, state_dim=3, action_dim=3)
+    for k in (0, 1):
+        with h5py.File(raw / f"episode_{k}.hdf5", "a") as f:
+            f["/observations/qpos"].attrs["names"] = ["shoulder", "elbow", "gripper"]
+            f["/action"].attrs["names"] = ["shoulder", "elbow", "gripper"]
+    convert_aloha_hdf5(raw, tmp_path / "out", fps=10, task="t")
+    features = open_dataset(tmp_path / "out").features
+    assert features["action"]["names"] == ["shoulder", "elbow", "gripper"]
+    assert features["observation.velocity"]["names"] == ["shoulder", "elbow", "gripper"]
+    with h5py.File(raw / "episode_1.hdf5", "a") as f:
+        f["/action"].attrs["names"] = ["j0", "j1", "gripper"]
+    with pytest.raises(DatasetError, match=r"episode_1\.hdf5 differs from episode_0\.hdf5 in action names"):
+        convert_aloha_hdf5(raw, tmp_path / "out2", fps=10, task="t")
 
 
 def test_cli_bad_inputs_exit_2(tmp_path: Path) -> None:

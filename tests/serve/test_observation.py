@@ -123,7 +123,7 @@ def test_spec_rejects_a_bad_default_adv_ind() -> None:
 def test_model_policy_normalises_samples_and_cuts_padding() -> None:
     policy = state_echo_policy(
         normalize_state=lambda s: s * 2.0,
-        unnormalize_actions=lambda a: a + 0.5,
+        unnormalize_actions=lambda a, state: a + 0.5,
     )
     out = policy.infer(echo_observation(3.0, adv_ind="none"))
     assert out["actions"].shape == (HORIZON, ACTION_DIM) and out["actions"].dtype == np.float32
