@@ -38,7 +38,7 @@ def operator_rule():
     """
     from recap_core.sim.rollout import InterventionRule
 
-    return InterventionRule(joint_threshold=0.35, drift_patience=5, stall_steps=40, takeover_steps=15)
+    return InterventionRule(joint_threshold=0.2, drift_patience=5, stall_steps=25, takeover_steps=20)
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class DemoPlan:
 PLANS = {
     "fast": DemoPlan(demos=4, rollouts=3, eval_episodes=3, sft_steps=4, finetune_steps=4, value_steps=4,
                      batch_size=4),
-    "default": DemoPlan(demos=40, rollouts=30, eval_episodes=30, sft_steps=600, finetune_steps=400,
-                        value_steps=300, batch_size=32),
+    "default": DemoPlan(demos=50, rollouts=40, eval_episodes=30, sft_steps=800, finetune_steps=400,
+                        value_steps=600, batch_size=32),
 }
 
 
@@ -162,7 +162,9 @@ class DemoRunner:
         p = self.plan
         self.stage("demos", self.collect_demos)
         self.stage("convert demos", lambda: self.convert("demos", "demos"))
-        self.stage("sft (Stage 2)", lambda: self.train(("sft",), "demos", "sft", "pi05-tiny", p.sft_steps))
+        # Joint deltas (openpi's ALOHA recipe): the finetunes inherit the convention from runs/sft.
+        self.stage("sft (Stage 2)", lambda: self.train(("sft",), "demos", "sft", "pi05-tiny", p.sft_steps,
+                                                       extra=("--delta-actions",)))
         self.stage("rollouts via recap serve", self.collect_rollouts)
         self.stage("convert rollouts", lambda: self.convert("rollouts", "rollouts"))
         self.stage("merge", lambda: self.recap("data", "merge", "data/demos", "data/rollouts", "--output",

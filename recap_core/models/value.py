@@ -65,12 +65,16 @@ VALUE_PRESETS: dict[str, ValueConfig] = {
         siglip=siglip_config("siglip2-so400m-patch14-224"),
         gemma3=gemma3_config("270m"),
     ),
-    # Trains in seconds on CPU. The vocabulary stays Gemma3's (262144) so real tokenizer ids fit.
+    # Trains in seconds on CPU and learns the toy task's progress in a few hundred steps. The
+    # vocabulary stays Gemma3's (262144) so real tokenizer ids fit. Two layers with a window wider
+    # than any input (so every layer attends globally) in float32: the 7-layer, window-4 Gemma3
+    # `tiny` in bfloat16 stayed at the label's marginal (a constant prediction) for 1000 steps on
+    # the toy task, while this shape reaches a Spearman of ~0.7 with the labels in 600.
     "value-tiny": ValueConfig(
-        siglip=siglip_config("tiny"),
-        gemma3=gemma3_config("tiny", vocab_size=262_144),
+        siglip=siglip_config("tiny", dtype="float32"),
+        gemma3=gemma3_config("tiny", vocab_size=262_144, depth=2, sliding_window=512, dtype="float32"),
         cross_attn_heads=4,
-        head_hidden=16,
+        head_hidden=64,
     ),
 }
 

@@ -48,8 +48,10 @@ MAX_JOINT_STEP = 0.06
 MAX_GRIPPER_STEP = 0.34
 MAX_STEP = np.array([MAX_JOINT_STEP, MAX_JOINT_STEP, MAX_GRIPPER_STEP] * 2)
 JOINT_LIMIT = np.pi
-GRASP_RADIUS = 0.05  # the tip must be this close to the cube when the gripper closes
-SLIP_RADIUS = 0.08  # a second gripper farther than this from the cube loses its grip
+# The tip must be this close to the cube when the gripper closes: the open gripper's reach (the
+# outer radius of its drawn ring), so a cube seen inside the open ring is between the fingers.
+GRASP_RADIUS = 0.07
+SLIP_RADIUS = 0.1  # a second gripper farther than this from the cube loses its grip
 ZONE_RADIUS = 0.09
 CUBE_HALF = 0.04
 
