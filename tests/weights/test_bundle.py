@@ -64,7 +64,7 @@ def test_missing_layer_and_wrong_size(tmp_path: Path, value_model) -> None:
     key = ("llm", "layers", "attn", "q_einsum", "w")
     params[key] = params[key][:, :, :, :8]  # head_dim 16 -> 8
     write_bundle(tmp_path, params)
-    with pytest.raises(CheckpointError, match=r"llm/layers/attn/q_einsum/w has shape \(7, 4, 32, 8\)"):
+    with pytest.raises(CheckpointError, match=r"llm/layers/attn/q_einsum/w has shape \(2, 4, 32, 8\), the model expects \(2, 4, 32, 16\)"):
         load_value_bundle(tmp_path, value_model)
 
 
