@@ -216,7 +216,7 @@ def _unboxed(text: str) -> str:
 
 
 def _success(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("success_rate", "ci_low", "ci_high", "episodes", "successes")
+    keys = ("success_rate", "ci_low", "ci_high", "episodes", "successes", "milestone_rates")
     return {k: result[k] for k in keys if k in result}
 
 

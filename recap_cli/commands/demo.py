@@ -34,11 +34,15 @@ def demo(
         table.add_column("success rate", justify="right")
         table.add_column("95% CI", justify="right")
         table.add_column("episodes", justify="right")
+        table.add_column("grasped / handed over", justify="right")
         labels = {"sft": "SFT (pi0.5)", "stage3": "Stage 3 (pi0.6, converter labels)",
                   "stage6": "Stage 6 (full RECAP)"}
         for name, s in data["success"].items():
+            reached = s.get("milestone_rates") or {}
+            phases = (f"{reached['source_grasp']:.0%} / {reached['dest_holds']:.0%}"
+                      if {"source_grasp", "dest_holds"} <= set(reached) else "")
             table.add_row(labels.get(name, name), f"{s['success_rate']:.0%}",
-                          f"{s['ci_low']:.0%}–{s['ci_high']:.0%}", str(s["episodes"]))
+                          f"{s['ci_low']:.0%}–{s['ci_high']:.0%}", str(s["episodes"]), phases)
         console.print(table)
         console.print(f"plot: {data['plot']}")
 

@@ -61,6 +61,9 @@ def _render(result: dict[str, Any]) -> None:
     for name, row in result["by_variant"].items():
         table.add_row(name, str(row["episodes"]), f"{row['success_rate']:.0%}", "", "")
     console.print(table)
+    rates = result.get("milestone_rates") or {}
+    if rates:
+        console.print("reached: " + ", ".join(f"{name.replace('_', ' ')} {rate:.0%}" for name, rate in rates.items()))
     for path in result["videos"]:
         console.print(f"video: {path}")
 

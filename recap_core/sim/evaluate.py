@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from recap_core.fsutil import atomic_output_dir
-from recap_core.sim.rollout import Episode, PolicyFn, run_episode
+from recap_core.sim.rollout import MILESTONES, Episode, PolicyFn, run_episode
 from recap_core.sim.task import TaskSpec, get_task
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -29,6 +29,7 @@ class EpisodeOutcome:
     variant: str
     success: bool
     length: int
+    milestones: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class EvalResult:
     ci_low: float
     ci_high: float
     mean_length: float
+    milestone_rates: dict[str, float]  # share of episodes reaching each of rollout.MILESTONES
     by_variant: dict[str, dict[str, float]]
     outcomes: list[EpisodeOutcome]
     videos: list[str]
@@ -102,7 +104,7 @@ def evaluate(
             episode = run_episode(spec, seed, k, policy_fn, replan_steps=replan_steps, record_images=filmed)
             if filmed:
                 video_frames[k] = episode.images["cam_high"]
-            outcomes.append(EpisodeOutcome(k, episode.variant, episode.success, episode.length))
+            outcomes.append(EpisodeOutcome(k, episode.variant, episode.success, episode.length, episode.milestones))
             if progress is not None:
                 progress(episode)
         return outcomes
@@ -140,6 +142,7 @@ def summarize(
         ci_low=low,
         ci_high=high,
         mean_length=float(np.mean([o.length for o in outcomes])),
+        milestone_rates={m: sum(m in o.milestones for o in outcomes) / len(outcomes) for m in MILESTONES},
         by_variant=by_variant,
         outcomes=outcomes,
         videos=videos,

@@ -60,10 +60,29 @@ class Episode:
     intervention: np.ndarray  # int64 [T]
     images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3]; empty when not recorded
     takeovers: int  # times the expert stepped in
+    milestones: tuple[str, ...] = ()  # the MILESTONES this episode reached, in MILESTONES order
 
     @property
     def length(self) -> int:
         return len(self.action)
+
+
+# Phases of the hand-over, for finer evaluation than success alone (a policy that grasps more
+# often is better even when both finish rarely): the source arm held the cube, the destination
+# arm held it, the episode succeeded.
+MILESTONES = ("source_grasp", "dest_holds", "success")
+
+
+def milestones_now(env: HandoverEnv) -> set[str]:
+    """The milestones the scene shows at this frame."""
+    now = set()
+    if env.variant.source_arm in env.holders:
+        now.add("source_grasp")
+    if env.variant.dest_arm in env.holders:
+        now.add("dest_holds")
+    if env.success:
+        now.add("success")
+    return now
 
 
 def episode_rng(seed: int, index: int) -> np.random.Generator:
@@ -161,6 +180,7 @@ def run_episode(
     pending: list[np.ndarray] = []  # the rest of the current chunk
     takeover_left = 0
     takeovers = 0
+    reached: set[str] = set()
     while not env.done:
         images = render_cameras(env) if record_images else None
         by_expert = policy_fn is None or takeover_left > 0
@@ -187,6 +207,7 @@ def run_episode(
             for cam in task.cameras:
                 frames[cam].append(images[cam])
         env.step(action)
+        reached |= milestones_now(env)
     return Episode(
         index=index,
         variant=env.variant.name,
@@ -198,4 +219,5 @@ def run_episode(
         intervention=np.asarray(flags, np.int64),
         images={cam: np.stack(f) for cam, f in frames.items()},
         takeovers=takeovers,
+        milestones=tuple(m for m in MILESTONES if m in reached),
     )

@@ -37,6 +37,9 @@ def test_expert_evaluation_succeeds_and_reports_per_variant():
     assert sum(v["episodes"] for v in result.by_variant.values()) == 8
     assert result.mean_length == pytest.approx(np.mean([o.length for o in result.outcomes]))
     assert not math.isnan(result.mean_length)
+    # The expert always grasps with the source arm and hands over before it succeeds.
+    assert result.milestone_rates == {"source_grasp": 1.0, "dest_holds": 1.0, "success": result.success_rate}
+    assert all(o.milestones == ("source_grasp", "dest_holds", "success") for o in result.outcomes if o.success)
 
 
 def test_a_zero_policy_fails_every_episode_at_the_time_limit():
@@ -44,6 +47,7 @@ def test_a_zero_policy_fails_every_episode_at_the_time_limit():
     result = evaluate(lambda obs: np.zeros((5, ACTION_DIM)), task, episodes=3, seed=1)
     assert result.successes == 0 and result.ci_low == 0.0
     assert result.mean_length == task.max_steps
+    assert set(result.milestone_rates.values()) == {0.0}
     assert list(result.by_variant) == ["left_to_right"]
 
 
