@@ -57,6 +57,14 @@ def resolve_run_path(path: Path) -> tuple[Path, int | None]:
     )
 
 
+def init_run(config: RunConfig) -> tuple[Path, int | None] | None:
+    """(run dir, step or None = latest) of the recap run `--init` names; None for random, base or
+    published (openpi / VLM bundle) weights. A path that is none of these raises CheckpointError."""
+    if config.init in ("random", "base") or published_weights_kind(Path(config.init)) is not None:
+        return None
+    return resolve_run_path(Path(config.init))
+
+
 def latest_step(run_dir: Path, step: int | None) -> int:
     """`step` if the run has a finished checkpoint there, else (step None) its latest one."""
     ckpts = RunCheckpoints(run_dir / "checkpoints", read_only=True)
@@ -102,11 +110,11 @@ def build_parts(
         base: dict[str, Any] = {"kind": "random", "seed": config.seed}
     elif config.init == "base":
         parts, base = _load_base_weights(config, parts, mesh)
-    elif published_weights_kind(Path(config.init)) is not None:  # an openpi checkpoint or the VLM bundle
+    elif (found := init_run(config)) is None:  # an openpi checkpoint or the VLM bundle
         family = stage_family(config.stage)
         parts, base = load_published_weights(config, parts, mesh, Path(config.init), family=family)
     else:
-        run_dir, step = resolve_run_path(Path(config.init))
+        run_dir, step = found
         source_config = load_run_config(run_dir / "config.json")
         if stage_family(source_config.stage) != stage_family(config.stage):
             raise CheckpointError(

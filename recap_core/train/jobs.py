@@ -26,11 +26,10 @@ from recap_core.data.dataset import (
 from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
 from recap_core.data.stats import ACTIONS, compute_norm_stats, load_norm_stats, norm_stats_to_json, stats_of
 from recap_core.errors import ConfigError
-from recap_core.train.init import resolve_run_path
+from recap_core.train.init import init_run
 from recap_core.train.loop import TrainingJob
 from recap_core.train.task import Batch, Task
 from recap_core.train.validation import split_episodes
-from recap_core.weights.init_source import published_weights_kind
 
 # What each stage reads, and the command a user runs in the error message.
 STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -188,14 +187,6 @@ def check_dataset(config: RunConfig) -> DatasetInfo:
     return info
 
 
-def _init_run_config(config: RunConfig) -> RunConfig | None:
-    """The config of the recap run that `--init` points at (None: random, base or openpi weights)."""
-    if config.init in ("random", "base") or published_weights_kind(Path(config.init)) is not None:
-        return None
-    run_dir, _ = resolve_run_path(Path(config.init))
-    return load_run_config(run_dir / "config.json")
-
-
 def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | bool:
     """The run's delta-action mask (False: absolute actions), decided once and written to config.
 
@@ -206,7 +197,8 @@ def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | 
         return False
     where = str(info.root)
     wanted = config.data.delta_actions
-    parent = _init_run_config(config)
+    found = init_run(config)
+    parent = load_run_config(found[0] / "config.json") if found is not None else None
     inherited = parent.data.delta_actions if parent is not None and parent.stage != "value" else None
     if wanted is None:
         wanted = inherited if inherited is not None else False

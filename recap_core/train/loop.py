@@ -21,7 +21,7 @@ from recap_core.config import RunConfig
 from recap_core.errors import CheckpointError, OutputExistsError
 from recap_core.fsutil import atomic_output_dir
 from recap_core.train.checkpoint import RunCheckpoints, checkpoint_bytes
-from recap_core.train.init import TaskFactory, build_parts, check_base, resolve_run_path
+from recap_core.train.init import TaskFactory, build_parts, check_base, init_run
 from recap_core.train.metrics import MetricsLog
 from recap_core.train.sharding import (
     local_batch_size,
@@ -34,7 +34,6 @@ from recap_core.train.state import count_params
 from recap_core.train.step import abstract_train_state, init_train_state, make_eval_loss, make_train_step
 from recap_core.train.task import Batch, BatchSource, Task
 from recap_core.train.validation import run_validation
-from recap_core.weights.init_source import published_weights_kind
 
 
 @dataclass
@@ -132,8 +131,7 @@ def train(
     t_start = time.perf_counter()
     maybe_initialize_distributed(config.distributed)
     run_dir = Path(run_dir).absolute()
-    if config.init not in ("random", "base") and published_weights_kind(Path(config.init)) is None:
-        resolve_run_path(Path(config.init))  # a bad --init fails before the run directory exists
+    init_run(config)  # a bad --init fails before the run directory exists
     resuming = prepare_run_dir(run_dir, config, job.assets, resume=resume, overwrite=overwrite)
     local_batch_size(config.batch_size, config.grad_accum)  # fail early on an impossible split
     mesh = make_mesh(config.fsdp_devices)
