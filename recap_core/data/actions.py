@@ -16,11 +16,10 @@ them after its DeltaActions transform), so normalisation sees what the model pre
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from recap_core.errors import ConfigError, DatasetError
+from recap_core.errors import ConfigError
 
 ABSOLUTE_NAME_PARTS = ("gripper",)
 MAX_STATS_ROWS = 4_000_000  # chunk rows (frame x offset) read for delta norm stats; more are subsampled
@@ -54,24 +53,22 @@ def check_mask(mask: Sequence[bool], action_dim: int, state_dim: int, where: str
     return mask
 
 
-def _split(mask: Sequence[bool]) -> np.ndarray:
-    return np.flatnonzero(np.asarray(mask, bool))
+def _shifted(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool], sign: float) -> np.ndarray:
+    """actions [..., H, D] with `sign * state` [..., S] added on the masked dims of every step."""
+    out = np.array(actions, dtype=np.float32, copy=True)
+    idx = np.flatnonzero(np.asarray(mask, bool))
+    out[..., idx] += sign * np.asarray(state, np.float32)[..., None, idx]
+    return out
 
 
 def to_delta(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool]) -> np.ndarray:
     """actions [B, H, D] (absolute) -> deltas against state [B, S] on the masked dims."""
-    out = np.array(actions, dtype=np.float32, copy=True)
-    idx = _split(mask)
-    out[..., idx] -= np.asarray(state, np.float32)[:, None, idx]
-    return out
+    return _shifted(actions, state, mask, -1.0)
 
 
 def to_absolute(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool]) -> np.ndarray:
-    """The inverse of `to_delta`: actions [B, H, D>=len(mask)] + state [B, S] on the masked dims."""
-    out = np.array(actions, dtype=np.float32, copy=True)
-    idx = _split(mask)
-    out[..., idx] += np.asarray(state, np.float32)[:, None, idx]
-    return out
+    """The inverse of `to_delta`: actions [B, H, D>=len(mask)] + state [B, S] (or [H, D] + [S])."""
+    return _shifted(actions, state, mask, 1.0)
 
 
 def chunk_deltas(state: np.ndarray, actions: np.ndarray, episodes: np.ndarray, mask: Sequence[bool],
@@ -91,19 +88,3 @@ def chunk_deltas(state: np.ndarray, actions: np.ndarray, episodes: np.ndarray, m
     rows = np.minimum(frames[:, None] + offsets[None, :], last[:, None])  # [F, H]
     chunks = actions[rows]  # [F, H, D]
     return to_delta(chunks, state[frames], mask).reshape(-1, actions.shape[-1])
-
-
-def delta_action_values(root: str | Path, mask: Sequence[bool], horizon: int,
-                        columns: tuple[str, str] = ("observation.state", "action")) -> np.ndarray:
-    """The delta action rows of a dataset (see `chunk_deltas`), read from its parquet files."""
-    from recap_core.data.dataset import column_array, open_dataset, read_table
-    from recap_core.data.loader import vector_column
-
-    info = open_dataset(Path(root), version=None)
-    table = read_table(info, list(columns))
-    if table.num_rows == 0:
-        raise DatasetError(f"dataset {info.root} has no frames", fix="record at least one episode")
-    state = vector_column(table, columns[0], str(info.root))
-    actions = vector_column(table, columns[1], str(info.root))
-    episodes = np.asarray(column_array(table, "episode_index"))
-    return chunk_deltas(state, actions, episodes, mask, horizon)

@@ -29,7 +29,7 @@ dimensions unchanged; vectors with fewer use the first dimensions of the stats.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,14 +83,18 @@ def stats_of(values: np.ndarray) -> NormStats:
     return NormStats(mean=x.mean(axis=0), std=x.std(axis=0), q01=q01, q99=q99)
 
 
-def compute_norm_stats(root: str | Path, columns: Mapping[str, str] | None = None) -> dict[str, NormStats]:
+def compute_norm_stats(root: str | Path, columns: Mapping[str, str] | None = None, *,
+                       delta_mask: Sequence[bool] | None = None, horizon: int = 1) -> dict[str, NormStats]:
     """Norm stats of a LeRobot dataset's state and action columns, read from its parquet files.
 
     Works on LeRobot v3.0 and v2.1. `columns` maps the norm_stats key to the dataset column (default: state <- observation.state,
-    actions <- action). Raises `DatasetError` naming the column when it is missing, not a
-    vector of numbers, or holds NaN/inf.
+    actions <- action). With `delta_mask`, the action stats are those of the chunk deltas a
+    delta-action run trains on (`recap_core.data.actions.chunk_deltas`, chunks of `horizon`).
+    Raises `DatasetError` naming the column when it is missing, not a vector of numbers, or
+    holds NaN/inf.
     """
-    from recap_core.data.dataset import open_dataset, read_table
+    from recap_core.data.actions import chunk_deltas
+    from recap_core.data.dataset import column_array, open_dataset, read_table
     from recap_core.data.loader import vector_column
 
     columns = dict(columns or DEFAULT_COLUMNS)
@@ -99,7 +103,11 @@ def compute_norm_stats(root: str | Path, columns: Mapping[str, str] | None = Non
     table = read_table(info, list(columns.values()))
     if table.num_rows == 0:
         raise DatasetError(f"dataset {info.root} has no frames", fix="record at least one episode")
-    return {key: stats_of(vector_column(table, column, str(info.root))) for key, column in columns.items()}
+    values = {key: vector_column(table, column, str(info.root)) for key, column in columns.items()}
+    if delta_mask is not None and any(delta_mask):
+        episodes = np.asarray(column_array(table, "episode_index"))
+        values[ACTIONS] = chunk_deltas(values[STATE], values[ACTIONS], episodes, delta_mask, horizon)
+    return {key: stats_of(v) for key, v in values.items()}
 
 
 def norm_stats_to_json(stats: Mapping[str, NormStats]) -> dict[str, Any]:

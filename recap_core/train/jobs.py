@@ -15,7 +15,7 @@ from typing import Any
 import jax
 
 from recap_core.config import RunConfig, load_run_config
-from recap_core.data.actions import check_mask, delta_action_values, delta_mask_from_names
+from recap_core.data.actions import check_mask, delta_mask_from_names
 from recap_core.data.dataset import (
     DatasetInfo,
     camera_keys_for,
@@ -24,7 +24,7 @@ from recap_core.data.dataset import (
     require_columns,
 )
 from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
-from recap_core.data.stats import ACTIONS, compute_norm_stats, load_norm_stats, norm_stats_to_json, stats_of
+from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
 from recap_core.errors import ConfigError
 from recap_core.train.init import init_run
 from recap_core.train.loop import TrainingJob
@@ -229,10 +229,8 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
         if resuming and stats_file.is_file():
             norm_stats = load_norm_stats(stats_file)
         else:
-            norm_stats = compute_norm_stats(root)
-            if config.data.delta_actions:
-                horizon = int(config.model.get("action_horizon", 50))
-                norm_stats[ACTIONS] = stats_of(delta_action_values(root, config.data.delta_actions, horizon))
+            norm_stats = compute_norm_stats(root, delta_mask=config.data.delta_actions or None,
+                                            horizon=int(config.model.get("action_horizon", 1)))
         assets["norm_stats.json"] = json.dumps(norm_stats_to_json(norm_stats), indent=2) + "\n"
     cameras = tuple(camera_name(k) for k in (camera_keys_for(info, config.cameras) if config.cameras
                                              else info.camera_keys))

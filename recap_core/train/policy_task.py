@@ -121,8 +121,6 @@ class PolicyTask:
             return out
         if state is None:
             raise ValueError("a delta-action policy needs the observation's state to return absolute actions")
-        if out.ndim == 2:
-            return to_absolute(out[None], np.asarray(state)[None], self.delta_mask)[0]
         return to_absolute(out, state, self.delta_mask)
 
     def observation_inputs(

@@ -102,13 +102,16 @@ def delta_run(named_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_run_records_the_mask_and_delta_norm_stats(delta_run: Path, named_dataset: Path) -> None:
-    from recap_core.data.actions import delta_action_values
+    from recap_core.data.dataset import column_array, open_dataset, read_table
     from recap_core.data.stats import load_norm_stats, stats_of
 
     config = json.loads((delta_run / "config.json").read_text())
     assert config["data"]["delta_actions"] == MASK
     stats = load_norm_stats(delta_run / "assets" / "norm_stats.json")
-    want = stats_of(delta_action_values(named_dataset, MASK, TINY_PI0["action_horizon"]))
+    table = read_table(open_dataset(named_dataset), ["observation.state", "action"])
+    state, action = (np.asarray(column_array(table, c)) for c in ("observation.state", "action"))
+    want = stats_of(chunk_deltas(state, action, np.asarray(column_array(table, "episode_index")), MASK,
+                                 TINY_PI0["action_horizon"]))
     np.testing.assert_allclose(stats["actions"].q99, want.q99, rtol=1e-6)
     np.testing.assert_allclose(stats["actions"].mean, want.mean, rtol=1e-6)
 
