@@ -28,6 +28,26 @@ TINY_PI0 = {
 }
 
 
+def tiny_policy_config(stage: str, dataset: Path, tokenizer: Path, *, model: dict | None = None, **flags: object):
+    """A one-step run config of the tiny pi0 (`sft`: pi0.5, `finetune`: pi0.6) on `dataset`."""
+    from recap_core.config import resolve_run_config
+
+    base = {"steps": 1, "batch_size": 2, "log_every": 1, "checkpoint.every": 1, "val.fraction": 0.0}
+    preset = "pi06-tiny" if stage == "finetune" else "pi05-tiny"
+    return resolve_run_config(stage, preset, dataset, flags={**base, **flags}, environ={},
+                              model={**(model or TINY_PI0), "pi06": stage == "finetune"},
+                              sets=[f"tokenizer={tokenizer}"])
+
+
+def train_tiny_policy(config, run: Path) -> Path:
+    """Train `config` into `run` in this process (the real loader, model and checkpoints)."""
+    from recap_core.train.jobs import build_job
+    from recap_core.train.loop import train
+
+    train(build_job(config, run, resuming=False), config, run)
+    return run
+
+
 def run_recap(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600,
               check: bool = False) -> subprocess.CompletedProcess:
     """Run the real `recap` CLI in a subprocess (as a user would)."""

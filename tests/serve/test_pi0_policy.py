@@ -19,7 +19,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from recap_core.errors import CheckpointError, ServeError, TokenizerError
 from recap_core.serve.loading import ServeOptions, load_policy
 from tests.conftest import TINY_PI0 as TINY_PI0_BASE
-from tests.conftest import run_recap
+from tests.conftest import run_recap, tiny_policy_config, train_tiny_policy
 from tests.serve.test_cli import ENV, RECAP, _read_ready_json
 
 STATE_DIM, ACTION_DIM, HORIZON, MODEL_ACTION_DIM = 6, 5, 4, 8
@@ -27,16 +27,9 @@ TINY_PI0 = {**TINY_PI0_BASE, "action_dim": MODEL_ACTION_DIM, "action_horizon": H
 
 
 def _train(root: Path, stage: str, preset: str, dataset: Path, tokenizer: Path) -> Path:
-    from recap_core.config import resolve_run_config
-    from recap_core.train.jobs import build_job
-    from recap_core.train.loop import train
-
-    flags = {"steps": 1, "batch_size": 2, "log_every": 1, "checkpoint.every": 1, "val.fraction": 0.0}
-    config = resolve_run_config(stage, preset, dataset, flags=flags, environ={},
-                                model={**TINY_PI0, "pi06": stage == "finetune"}, sets=[f"tokenizer={tokenizer}"])
-    run = root / f"{preset}-run"
-    train(build_job(config, run, resuming=False), config, run)
-    return run
+    config = tiny_policy_config(stage, dataset, tokenizer, model=TINY_PI0)
+    assert config.preset == preset
+    return train_tiny_policy(config, root / f"{preset}-run")
 
 
 def _start_server(run: Path, *extra: str) -> subprocess.Popen:

@@ -15,7 +15,7 @@ import pytest
 
 from recap_core.data.actions import check_mask, chunk_deltas, delta_mask_from_names, to_absolute, to_delta
 from recap_core.errors import ConfigError
-from tests.conftest import TINY_PI0
+from tests.conftest import TINY_PI0, tiny_policy_config, train_tiny_policy
 
 STATE_DIM = ACTION_DIM = 4
 NAMES = ["left_joint", "left_gripper", "right_joint", "right_gripper"]
@@ -78,27 +78,13 @@ def named_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _config(stage: str, dataset: Path, tokenizer: Path, **flags: object):
-    from recap_core.config import resolve_run_config
-
-    base = {"steps": 1, "batch_size": 2, "log_every": 1, "checkpoint.every": 1, "val.fraction": 0.0}
-    return resolve_run_config(stage, f"{'pi06' if stage == 'finetune' else 'pi05'}-tiny", dataset,
-                              flags={**base, **flags}, environ={}, sets=[f"tokenizer={tokenizer}"],
-                              model={**TINY_PI0, "pi06": stage == "finetune"})
-
-
 @pytest.fixture(scope="module")
 def delta_run(named_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recap_core.models.tokenizer import build_toy_tokenizer
-    from recap_core.train.jobs import build_job
-    from recap_core.train.loop import train
 
     root = tmp_path_factory.mktemp("delta_run")
     tokenizer = build_toy_tokenizer(root / "tok.model")
-    config = _config("sft", named_dataset, tokenizer, **{"data.delta_actions": True})
-    run = root / "sft"
-    train(build_job(config, run, resuming=False), config, run)
-    return run
+    return train_tiny_policy(tiny_policy_config("sft", named_dataset, tokenizer, **{"data.delta_actions": True}), root / "sft")
 
 
 def test_run_records_the_mask_and_delta_norm_stats(delta_run: Path, named_dataset: Path) -> None:
@@ -122,13 +108,13 @@ def test_finetune_inherits_the_mask_and_refuses_another(delta_run: Path, named_d
 
     info = open_dataset(named_dataset)
     tokenizer = delta_run / "assets" / "tokenizer.model"
-    inherited = _config("finetune", named_dataset, tokenizer, init=str(delta_run))
+    inherited = tiny_policy_config("finetune", named_dataset, tokenizer, init=str(delta_run))
     assert resolve_delta_actions(inherited, info) == MASK
-    absolute = _config("finetune", named_dataset, tokenizer, init=str(delta_run), **{"data.delta_actions": False})
+    absolute = tiny_policy_config("finetune", named_dataset, tokenizer, init=str(delta_run), **{"data.delta_actions": False})
     with pytest.raises(ConfigError, match=r"trained with data\.delta_actions=") as err:
         resolve_delta_actions(absolute, info)
     assert "--delta-actions/--absolute-actions" in err.value.fix
-    assert resolve_delta_actions(_config("sft", named_dataset, tokenizer), info) is False  # default: absolute
+    assert resolve_delta_actions(tiny_policy_config("sft", named_dataset, tokenizer), info) is False  # default: absolute
 
 
 def test_served_actions_add_the_state_back_on_the_joints(delta_run: Path) -> None:
