@@ -5,6 +5,7 @@ them in a shell script (see `examples/recap_round.sh`):
 
     demos (scripted expert) -> convert -> sft -> serve + DAgger rollouts -> convert -> merge
     -> finetune (Stage 3) -> value train -> value label -> finetune (Stage 6) -> eval x3
+    (+ Stage 6 asked for "negative": the indicator check)
 
 Rollouts go through `recap serve` and the openpi websocket protocol. Each finished stage is
 recorded in `<workdir>/demo_state.json`, so rerunning the demo continues where it stopped.
@@ -60,7 +61,7 @@ class DemoPlan:
 PLANS = {
     "fast": DemoPlan(demos=4, rollouts=3, eval_episodes=3, sft_steps=4, finetune_steps=4, value_steps=4,
                      batch_size=4),
-    "default": DemoPlan(demos=50, rollouts=40, eval_episodes=30, sft_steps=800, finetune_steps=400,
+    "default": DemoPlan(demos=50, rollouts=40, eval_episodes=100, sft_steps=800, finetune_steps=400,
                         value_steps=600, batch_size=32),
 }
 
@@ -155,9 +156,11 @@ class DemoRunner:
         return {"episodes": self.plan.rollouts, "success_rate": res.success_rate,
                 "intervention_fraction": round(res.intervention_frames / max(res.frames, 1), 3)}
 
-    def evaluate(self, run: str) -> dict[str, Any]:
+    def evaluate(self, run: str, adv_ind: str | None = None) -> dict[str, Any]:
+        """Closed-loop success; `adv_ind` None sends the server's default ("positive" for pi0.6)."""
+        extra = ("--adv-ind", adv_ind) if adv_ind else ()
         return self.recap("eval", f"runs/{run}", "--task", TASK, "--episodes", self.plan.eval_episodes,
-                          "--seed", self.seed + 20_000, json_out=True)
+                          "--seed", self.seed + 20_000, *extra, json_out=True)
 
     def run(self) -> dict[str, Any]:
         p = self.plan
@@ -182,8 +185,11 @@ class DemoRunner:
         self.stage("finetune (Stage 6)", lambda: self.train(("finetune",), "round1_labeled", "stage6", "pi06-tiny",
                                                             p.finetune_steps, init="runs/sft"))
         results = {name: self.stage(f"eval {name}", lambda name=name: self.evaluate(name)) for name in STAGES}
+        # Indicator check: a policy that learned the clause does worse when asked for "negative".
+        negative = self.stage("eval stage6 asked for negative", lambda: self.evaluate("stage6", "negative"))
         summary = {"workdir": str(self.work), "seed": self.seed, "plan": asdict(p), "task": TASK,
                    "success": {name: _success(results[name]) for name in STAGES},
+                   "stage6_negative": _success(negative),
                    "seconds": {k: v["seconds"] for k, v in self.state["done"].items()}}
         plot = self.work / "success_rates.png"
         plot_success(summary["success"], plot, title=f"toy task '{TASK}', seed {self.seed}")

@@ -37,6 +37,7 @@ def test_demo_fast_produces_every_artifact(tmp_path: Path):
     for stats in summary["success"].values():
         assert 0.0 <= stats["ci_low"] <= stats["success_rate"] <= stats["ci_high"] <= 1.0
         assert stats["episodes"] == summary["plan"]["eval_episodes"]
+    assert summary["stage6_negative"]["episodes"] == summary["plan"]["eval_episodes"]
     # Rerunning continues: every stage is already done, nothing is recomputed.
     again = run_recap("demo", "--fast", "--workdir", work, "--json", timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -20,7 +20,7 @@ def demo(
 ) -> None:
     """Run the whole RECAP loop on the built-in toy task, on CPU, with the tiny presets.
 
-    Stages: scripted demos, convert, sft, DAgger rollouts through recap serve, convert + merge, finetune (Stage 3), value train, value label, finetune (Stage 6), then closed-loop eval of SFT, Stage 3 and Stage 6 with 95% confidence intervals and a plot. Rerunning continues where an interrupted run stopped.
+    Stages: scripted demos, convert, sft, DAgger rollouts through recap serve, convert + merge, finetune (Stage 3), value train, value label, finetune (Stage 6), then closed-loop eval of SFT, Stage 3 and Stage 6 with 95% confidence intervals and a plot. Stage 6 is also evaluated asked for 'negative': a policy that learned the advantage indicator does worse then. Rerunning continues where an interrupted run stopped.
 
     Example:  recap demo --workdir /tmp/recap-demo --seed 1
     """
@@ -37,7 +37,11 @@ def demo(
         table.add_column("grasped / handed over", justify="right")
         labels = {"sft": "SFT (pi0.5)", "stage3": "Stage 3 (pi0.6, converter labels)",
                   "stage6": "Stage 6 (full RECAP)"}
-        for name, s in data["success"].items():
+        rows = dict(data["success"])
+        if "stage6_negative" in data:
+            rows["stage6_negative"] = data["stage6_negative"]
+            labels["stage6_negative"] = "Stage 6 asked for 'negative' (indicator check)"
+        for name, s in rows.items():
             reached = s.get("milestone_rates") or {}
             phases = (f"{reached['source_grasp']:.0%} / {reached['dest_holds']:.0%}"
                       if {"source_grasp", "dest_holds"} <= set(reached) else "")
