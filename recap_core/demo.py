@@ -28,6 +28,7 @@ from recap_core.errors import OutputExistsError, RecapError
 
 TASK = "handover"
 STAGES = ("sft", "stage3", "stage6")
+INDICATOR_STATES = 32  # expert-visited states for `recap eval --indicator-effect`
 
 
 def operator_rule():
@@ -157,8 +158,12 @@ class DemoRunner:
                 "intervention_fraction": round(res.intervention_frames / max(res.frames, 1), 3)}
 
     def evaluate(self, run: str, adv_ind: str | None = None) -> dict[str, Any]:
-        """Closed-loop success; `adv_ind` None sends the server's default ("positive" for pi0.6)."""
+        """Closed-loop success; `adv_ind` None sends the server's default ("positive" for pi0.6).
+        pi0.6 runs also get the open-loop indicator effect (Stage 3, which never saw a negative
+        label, is the baseline for Stage 6)."""
         extra = ("--adv-ind", adv_ind) if adv_ind else ()
+        if run != "sft" and not adv_ind:
+            extra = (*extra, "--indicator-effect", INDICATOR_STATES)
         return self.recap("eval", f"runs/{run}", "--task", TASK, "--episodes", self.plan.eval_episodes,
                           "--seed", self.seed + 20_000, *extra, json_out=True)
 
@@ -222,7 +227,7 @@ def _unboxed(text: str) -> str:
 
 
 def _success(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("success_rate", "ci_low", "ci_high", "episodes", "successes", "milestone_rates")
+    keys = ("success_rate", "ci_low", "ci_high", "episodes", "successes", "milestone_rates", "indicator_effect")
     return {k: result[k] for k in keys if k in result}
 
 

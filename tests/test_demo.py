@@ -38,6 +38,11 @@ def test_demo_fast_produces_every_artifact(tmp_path: Path):
         assert 0.0 <= stats["ci_low"] <= stats["success_rate"] <= stats["ci_high"] <= 1.0
         assert stats["episodes"] == summary["plan"]["eval_episodes"]
     assert summary["stage6_negative"]["episodes"] == summary["plan"]["eval_episodes"]
+    # The pi0.6 stages report how far their actions move with the indicator; SFT is not conditioned.
+    assert "indicator_effect" not in summary["success"]["sft"]
+    for stage in ("stage3", "stage6"):
+        effect = summary["success"][stage]["indicator_effect"]
+        assert effect["states"] == 32 and effect["sampling_spread"] > 0 and effect["positive_vs_negative"] >= 0
     # Rerunning continues: every stage is already done, nothing is recomputed.
     again = run_recap("demo", "--fast", "--workdir", work, "--json", timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]

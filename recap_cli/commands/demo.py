@@ -48,6 +48,14 @@ def demo(
             table.add_row(labels.get(name, name), f"{s['success_rate']:.0%}",
                           f"{s['ci_low']:.0%}–{s['ci_high']:.0%}", str(s["episodes"]), phases)
         console.print(table)
+        effects = {name: data["success"][name].get("indicator_effect") for name in ("stage3", "stage6")}
+        if all(effects.values()):
+            console.print(
+                "indicator effect (|positive - negative| on the same noise, first actions): "
+                f"Stage 6 {effects['stage6']['positive_vs_negative']:.3f}, Stage 3 (never saw 'negative') "
+                f"{effects['stage3']['positive_vs_negative']:.3f}; sampling spread "
+                f"{effects['stage6']['sampling_spread']:.3f}"
+            )
         console.print(f"plot: {data['plot']}")
 
     emit(summary, as_json, render)

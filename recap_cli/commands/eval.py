@@ -64,6 +64,14 @@ def _render(result: dict[str, Any]) -> None:
     rates = result.get("milestone_rates") or {}
     if rates:
         console.print("reached: " + ", ".join(f"{name.replace('_', ' ')} {rate:.0%}" for name, rate in rates.items()))
+    effect = result.get("indicator_effect")
+    if effect:
+        console.print(
+            f"indicator effect ({effect['states']} states, first {effect['steps']} actions): positive vs negative "
+            f"{effect['positive_vs_negative']:.3f}, vs no indicator {effect['positive_vs_none']:.3f}; sampling "
+            f"spread {effect['sampling_spread']:.3f}, prompt swap {effect['prompt_swap']:.3f} "
+            f"({effect['relative']:.0%} of the spread)"
+        )
     for path in result["videos"]:
         console.print(f"video: {path}")
 
@@ -115,6 +123,15 @@ def eval_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --video directory.")
     ] = False,
+    indicator_states: Annotated[
+        int,
+        typer.Option(
+            "--indicator-effect", min=0, metavar="STATES",
+            help="Also measure, on this many expert-visited states, how far a pi0.6 run's actions move between "
+            "'Advantage: positive' and 'negative' from the same noise, next to the sampling spread and a prompt "
+            "swap (needs RUN_OR_CKPT; 0: off).",
+        ),
+    ] = 0,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -130,24 +147,37 @@ def eval_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from recap_core.errors import ConfigError
     from recap_core.fsutil import check_output
+    from recap_core.serve.loading import ServeOptions, load_policy
     from recap_core.sim.evaluate import evaluate
-    from recap_core.sim.remote import remote_policy, serve_run
+    from recap_core.sim.indicator import indicator_effect
+    from recap_core.sim.remote import remote_policy, serve_policy
     from recap_core.sim.task import get_task
 
     spec = get_task(task)
     _check_source(run_or_ckpt, server, expert)
+    if indicator_states and run_or_ckpt is None:
+        raise ConfigError(
+            "--indicator-effect needs the run's weights (it samples from fixed noise), not --server or --expert",
+            fix="pass the run directory: recap eval runs/stage6 --task handover --indicator-effect 32",
+        )
     if video is not None:
         check_output(video, overwrite)
     adv = adv_ind.value if adv_ind is not None else None
+    effect = None
 
     with contextlib.ExitStack() as stack:
         if expert:
             policy_fn, name = None, "expert"
         else:
             if run_or_ckpt is not None:
-                with err_console.status(f"loading and serving {run_or_ckpt}"):
-                    url = stack.enter_context(serve_run(run_or_ckpt, default_adv_ind=adv or "positive"))
+                with err_console.status(f"loading {run_or_ckpt}"):
+                    policy = load_policy(run_or_ckpt, ServeOptions(default_adv_ind=adv or "positive"))
+                if indicator_states:
+                    with err_console.status(f"indicator effect on {indicator_states} states"):
+                        effect = indicator_effect(policy, spec, indicator_states, seed)
+                url = stack.enter_context(serve_policy(policy))
                 name = str(run_or_ckpt)
             else:
                 url, name = str(server), str(server)
@@ -179,7 +209,10 @@ def eval_command(
                 policy_name=name,
                 progress=advance,
             )
-    emit(result.as_dict(), as_json, _render)
+    out = result.as_dict()
+    if effect is not None:
+        out["indicator_effect"] = effect.as_dict()
+    emit(out, as_json, _render)
 
 
 def register(app: typer.Typer) -> None:

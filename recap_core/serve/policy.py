@@ -114,12 +114,24 @@ class ModelPolicy:
     def example_observation(self) -> dict[str, Any]:
         return example_observation(self.spec)
 
-    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+    @property
+    def noise_shape(self) -> tuple[int, ...] | None:
+        """Shape of the sampler's starting noise, where it takes fixed noise (see `infer`)."""
+        return getattr(self._sample_actions, "noise_shape", None)
+
+    def infer(self, obs: dict[str, Any], *, noise: np.ndarray | None = None) -> dict[str, Any]:
+        """Actions for one observation. `noise` fixes the sampler's starting noise (diagnostics that
+        compare prompts on equal terms); None draws fresh noise, as serving does."""
         start = time.perf_counter()
         batch = prepare_observation(obs, self.spec)
         raw_state = np.asarray(batch["state"], np.float32)
         batch["state"] = np.asarray(self._normalize_state(batch["state"]), np.float32)
-        actions = np.asarray(self._sample_actions(batch))
+        if noise is None:
+            actions = np.asarray(self._sample_actions(batch))
+        elif callable(getattr(self._sample_actions, "sample", None)):
+            actions = np.asarray(self._sample_actions.sample(batch, noise))  # type: ignore[attr-defined]
+        else:
+            raise TypeError(f"{type(self._sample_actions).__name__} does not take fixed noise")
         if actions.ndim == 3:
             actions = actions[0]
         actions = np.asarray(self._unnormalize_actions(actions, raw_state[0] if raw_state.ndim == 2 else raw_state),

@@ -7,5 +7,7 @@
 - `rollout`: one episode with a policy, the expert, or both (`InterventionRule`: DAgger takeovers)
 - `collect`: `collect_demos` / `collect` write raw ALOHA HDF5 episodes for `recap convert aloha-hdf5`
 - `evaluate`: closed-loop success rate with a Wilson 95% interval, optional GIFs
-- `remote`: a served policy as a `policy_fn` (`remote_policy`), a run served for a while (`serve_run`)
+- `remote`: a served policy as a `policy_fn` (`remote_policy`), a policy or run served for a while
+  (`serve_policy`, `serve_run`)
+- `indicator`: how far a pi0.6 policy's actions move with its advantage indicator (open loop)
 """

@@ -57,11 +57,18 @@ def remote_policy(
 
 
 @contextlib.contextmanager
+def serve_policy(policy: Any) -> Iterator[str]:
+    """Serve a loaded policy on 127.0.0.1:<free port> for the `with` block; yield its URL."""
+    from recap_core.serve.server import ServerConfig, ServerThread
+
+    with ServerThread(policy, ServerConfig(host="127.0.0.1", port=0)) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
 def serve_run(run_or_ckpt: Path, *, default_adv_ind: str = "positive") -> Iterator[str]:
     """Load a run (or one of its checkpoints), serve it on 127.0.0.1:<free port>, yield its URL."""
     from recap_core.serve.loading import ServeOptions, load_policy
-    from recap_core.serve.server import ServerConfig, ServerThread
 
-    policy = load_policy(Path(run_or_ckpt), ServeOptions(default_adv_ind=default_adv_ind))
-    with ServerThread(policy, ServerConfig(host="127.0.0.1", port=0)) as server:
-        yield server.url
+    with serve_policy(load_policy(Path(run_or_ckpt), ServeOptions(default_adv_ind=default_adv_ind))) as url:
+        yield url
