@@ -39,6 +39,7 @@ of `recap_core.train.validation.split_episodes`); other episodes are never yield
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -479,6 +480,10 @@ class TrainLoader:
     # ----- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Batches from the current position on; a background thread assembles them ahead."""
+        # A loader left unfinished is closed by the garbage collector, at interpreter exit possibly
+        # after module globals (ours, `queue`'s, `threading`'s) are gone: held here as a local, the
+        # check still works then, and the cleanup (pointless for a daemon thread) is skipped.
+        exiting = sys.is_finalizing
         out: queue.Queue = queue.Queue(maxsize=max(1, self.config.prefetch))
         stop = threading.Event()
         producer = threading.Thread(target=self._produce, args=(self._position, out, stop), daemon=True)
@@ -495,9 +500,10 @@ class TrainLoader:
                 self._position = (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
                 yield batch
         finally:
-            stop.set()
-            _drain(out)
-            producer.join(timeout=10)
+            if not exiting():
+                stop.set()
+                _drain(out)
+                producer.join(timeout=10)
 
     def _produce(self, start: tuple[int, int], out: queue.Queue, stop: threading.Event) -> None:
         pool = ThreadPoolExecutor(max_workers=max(1, self.config.num_workers), thread_name_prefix="recap-decode")

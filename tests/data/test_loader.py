@@ -247,3 +247,21 @@ def test_images_follow_their_frame_across_epochs(tiny_dataset_two_tasks: Path) -
             pixels[index] = image
     assert len({p.tobytes() for p in pixels.values()}) > len(pixels) // 2  # frames differ from each other
     assert loader.state_dict()["epoch"] == 2
+
+
+def test_a_loader_left_open_exits_the_interpreter_quietly(tiny_dataset: Path) -> None:
+    """Abandoning a loader mid-epoch (a script that takes one batch and ends) prints no teardown noise."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import recap_core.train.jobs\n"  # what training imports; it decides the teardown order
+        "from recap_core.data.loader import LoaderConfig, TrainLoader\n"
+        "it = iter(TrainLoader(sys.argv[1], LoaderConfig(batch_size=2, action_horizon=3, load_images=False)))\n"
+        "print(len(next(it)['state']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_dataset)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
