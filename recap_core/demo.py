@@ -28,6 +28,7 @@ from recap_core.errors import OutputExistsError, RecapError
 
 TASK = "handover"
 STAGES = ("sft", "stage3", "stage6")
+CONDITIONED = ("stage3", "stage6")  # the pi0.6 stages, which read the advantage indicator
 INDICATOR_STATES = 32  # expert-visited states for `recap eval --indicator-effect`
 
 
@@ -162,7 +163,7 @@ class DemoRunner:
         pi0.6 runs also get the open-loop indicator effect (Stage 3, which never saw a negative
         label, is the baseline for Stage 6)."""
         extra = ("--adv-ind", adv_ind) if adv_ind else ()
-        if run != "sft" and not adv_ind:
+        if run in CONDITIONED and not adv_ind:
             extra = (*extra, "--indicator-effect", INDICATOR_STATES)
         return self.recap("eval", f"runs/{run}", "--task", TASK, "--episodes", self.plan.eval_episodes,
                           "--seed", self.seed + 20_000, *extra, json_out=True)

@@ -24,7 +24,7 @@ def demo(
 
     Example:  recap demo --workdir /tmp/recap-demo --seed 1
     """
-    from recap_core.demo import run_demo
+    from recap_core.demo import CONDITIONED, run_demo
 
     summary = run_demo(workdir, fast=fast, seed=seed, overwrite=overwrite, log=err_console.print)
 
@@ -48,7 +48,7 @@ def demo(
             table.add_row(labels.get(name, name), f"{s['success_rate']:.0%}",
                           f"{s['ci_low']:.0%}–{s['ci_high']:.0%}", str(s["episodes"]), phases)
         console.print(table)
-        effects = {name: data["success"][name].get("indicator_effect") for name in ("stage3", "stage6")}
+        effects = {name: data["success"][name].get("indicator_effect") for name in CONDITIONED}
         if all(effects.values()):
             console.print(
                 "indicator effect (|positive - negative| on the same noise, first actions): "
