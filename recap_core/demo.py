@@ -4,7 +4,7 @@ Every stage runs through the real `recap` command line, exactly as an operator w
 them in a shell script (see `examples/recap_round.sh`):
 
     demos (scripted expert) -> convert -> sft -> serve + DAgger rollouts -> convert -> merge
-    -> finetune (Stage 3) -> value train -> value label -> finetune (Stage 6) -> eval x3
+    -> finetune (Stage 3) -> value train -> value label -> label audit -> finetune (Stage 6) -> eval x3
     (+ Stage 6 asked for "negative": the indicator check)
 
 Rollouts go through `recap serve` and the openpi websocket protocol. Each finished stage is
@@ -89,6 +89,10 @@ class DemoRunner:
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
         self.env.setdefault("JAX_PLATFORMS", "cpu")
 
+    @property
+    def rollout_seed(self) -> int:
+        return self.seed + 10_000
+
     # ------------------------------------------------------------------ bookkeeping
     def _save(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
@@ -147,7 +151,7 @@ class DemoRunner:
         try:
             url = _read_ready(server)
             with remote_policy(url) as policy_fn:
-                res = collect(policy_fn, TASK, self.plan.rollouts, self.seed + 10_000,
+                res = collect(policy_fn, TASK, self.plan.rollouts, self.rollout_seed,
                               self.work / "raw" / "rollouts", rule=operator_rule(), overwrite=True)
         finally:
             server.terminate()
@@ -169,6 +173,8 @@ class DemoRunner:
                           "--seed", self.seed + 20_000, *extra, json_out=True)
 
     def run(self) -> dict[str, Any]:
+        from recap_core.sim.audit import label_audit
+
         p = self.plan
         self.stage("demos", self.collect_demos)
         self.stage("convert demos", lambda: self.convert("demos", "demos"))
@@ -188,6 +194,9 @@ class DemoRunner:
             "value", "label", "data/round1", "--checkpoint", "runs/value", "--output", "data/round1_labeled",
             "--top-percent", p.top_percent, "--lookahead", p.lookahead, "--report", "reports/label",
             "--overwrite", "--no-preflight", json_out=True))
+        # Replays the rollouts in the sim: do the labels point at the actions closer to the expert's?
+        audit = self.stage("label audit", lambda: label_audit(self.work / "data" / "round1_labeled", TASK,
+                                                              self.rollout_seed, p.demos).as_dict())
         self.stage("finetune (Stage 6)", lambda: self.train(("finetune",), "round1_labeled", "stage6", "pi06-tiny",
                                                             p.finetune_steps, init="runs/sft"))
         results = {name: self.stage(f"eval {name}", lambda name=name: self.evaluate(name)) for name in STAGES}
@@ -196,6 +205,7 @@ class DemoRunner:
         summary = {"workdir": str(self.work), "seed": self.seed, "plan": asdict(p), "task": TASK,
                    "success": {name: _success(results[name]) for name in STAGES},
                    "stage6_negative": _success(negative),
+                   "label_audit": audit,
                    "seconds": {k: v["seconds"] for k, v in self.state["done"].items()}}
         plot = self.work / "success_rates.png"
         plot_success(summary["success"], plot, title=f"toy task '{TASK}', seed {self.seed}")

@@ -38,6 +38,8 @@ def test_demo_fast_produces_every_artifact(tmp_path: Path):
         assert 0.0 <= stats["ci_low"] <= stats["success_rate"] <= stats["ci_high"] <= 1.0
         assert stats["episodes"] == summary["plan"]["eval_episodes"]
     assert summary["stage6_negative"]["episodes"] == summary["plan"]["eval_episodes"]
+    audit = summary["label_audit"]
+    assert audit["frames"] > 0 and set(audit["joint_deviation"]) == {"positive", "negative"}
     # The pi0.6 stages report how far their actions move with the indicator; SFT is not conditioned.
     assert "indicator_effect" not in summary["success"]["sft"]
     for stage in ("stage3", "stage6"):

@@ -20,7 +20,7 @@ def demo(
 ) -> None:
     """Run the whole RECAP loop on the built-in toy task, on CPU, with the tiny presets.
 
-    Stages: scripted demos, convert, sft, DAgger rollouts through recap serve, convert + merge, finetune (Stage 3), value train, value label, finetune (Stage 6), then closed-loop eval of SFT, Stage 3 and Stage 6 with 95% confidence intervals and a plot. Stage 6 is also evaluated asked for 'negative': a policy that learned the advantage indicator does worse then. Rerunning continues where an interrupted run stopped.
+    Stages: scripted demos, convert, sft, DAgger rollouts through recap serve, convert + merge, finetune (Stage 3), value train, value label, a label audit (do the labels point at the actions closer to the expert's?), finetune (Stage 6), then closed-loop eval of SFT, Stage 3 and Stage 6 with 95% confidence intervals and a plot. Stage 6 is also evaluated asked for 'negative': a policy that learned the advantage indicator does worse then. Rerunning continues where an interrupted run stopped.
 
     Example:  recap demo --workdir /tmp/recap-demo --seed 1
     """
@@ -56,9 +56,22 @@ def demo(
                 f"{effects['stage3']['positive_vs_negative']:.3f}; sampling spread "
                 f"{effects['stage6']['sampling_spread']:.3f}"
             )
+        audit = data.get("label_audit")
+        if audit:
+            dev = audit["joint_deviation"]
+            rho = "n/a" if audit["spearman"] is None else f"{audit['spearman']:+.2f}"
+            console.print(
+                f"label audit ({audit['frames']} autonomous frames replayed): advantage vs deviation from the "
+                f"expert, Spearman {rho} (good labels: clearly negative); mean joint deviation "
+                f"positive {_num(dev['positive'])} / negative {_num(dev['negative'])} rad"
+            )
         console.print(f"plot: {data['plot']}")
 
     emit(summary, as_json, render)
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def register(app: typer.Typer) -> None:
