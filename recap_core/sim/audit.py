@@ -41,7 +41,7 @@ def expert_deviation(task: TaskSpec | str, seed: int, index: int, states: np.nda
     """Replay episode `index` of `seed` with its recorded actions: per frame, the largest joint
     deviation from the expert's action and whether the gripper command was on the wrong side (NaN /
     False on expert frames). A replay that leaves the recorded states is a DatasetError."""
-    spec = get_task(task) if isinstance(task, str) else task
+    spec = get_task(task)
     rng = episode_rng(seed, index)
     env = HandoverEnv(spec, rng)
     expert = ScriptedExpert.for_episode(rng)

@@ -80,7 +80,7 @@ def _record(
     progress: ProgressFn | None,
     first_index: int,
 ) -> CollectResult:
-    spec = get_task(task) if isinstance(task, str) else task
+    spec = get_task(task)
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     successes = frames = flagged = takeovers = 0

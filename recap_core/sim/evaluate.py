@@ -91,7 +91,7 @@ def evaluate(
     With `video_dir`, the head camera of the first `video_episodes` episodes is saved as
     `episode_<k>.gif` (the directory is written atomically; an existing one needs `overwrite`).
     """
-    spec = get_task(task) if isinstance(task, str) else task
+    spec = get_task(task)
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     if policy_fn is None:

@@ -53,7 +53,7 @@ class IndicatorEffect:
 def expert_observations(task: TaskSpec | str, count: int, seed: int) -> list[dict[str, Any]]:
     """`count` observations along scripted-expert episodes: every STATE_EVERY frames from an offset
     that shifts with each episode, so the states cover every phase of the task and both variants."""
-    spec = get_task(task) if isinstance(task, str) else task
+    spec = get_task(task)
     out: list[dict[str, Any]] = []
     episode = 0
     while len(out) < count:

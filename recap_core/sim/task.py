@@ -136,7 +136,10 @@ def list_tasks() -> list[TaskSpec]:
     return list(TASKS.values())
 
 
-def get_task(name: str) -> TaskSpec:
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    """The task of that name; a TaskSpec is returned as it is (functions take either)."""
+    if isinstance(name, TaskSpec):
+        return name
     if name not in TASKS:
         raise UnknownTaskError(
             f"unknown sim task {name!r}; expected one of {sorted(TASKS)}",
