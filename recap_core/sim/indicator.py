@@ -24,10 +24,8 @@ from typing import Any
 import numpy as np
 
 from recap_core.errors import ConfigError
-from recap_core.sim.expert import ScriptedExpert
-from recap_core.sim.render import render_cameras
-from recap_core.sim.rollout import episode_rng, make_observation
-from recap_core.sim.task import VARIANTS, HandoverEnv, TaskSpec, get_task
+from recap_core.sim.rollout import run_episode
+from recap_core.sim.task import VARIANTS, TaskSpec, get_task
 
 STATE_EVERY = 25  # frames between two sampled states of one expert episode (4-5 per episode)
 
@@ -57,15 +55,12 @@ def expert_observations(task: TaskSpec | str, count: int, seed: int) -> list[dic
     out: list[dict[str, Any]] = []
     episode = 0
     while len(out) < count:
-        rng = episode_rng(seed, episode)
-        env = HandoverEnv(spec, rng)
-        expert = ScriptedExpert.for_episode(rng)
-        while not env.done and len(out) < count:
-            if env.t % STATE_EVERY == (5 + 7 * episode) % STATE_EVERY:
-                out.append(make_observation(env, render_cameras(env)))
-            env.step(expert.action(env, rng))
+        played = run_episode(spec, seed, episode)  # the expert throughout
+        for t in range((5 + 7 * episode) % STATE_EVERY, played.length, STATE_EVERY):
+            images = {cam: frames[t] for cam, frames in played.images.items()}
+            out.append({"state": played.qpos[t], "images": images, "prompt": played.prompt})
         episode += 1
-    return out
+    return out[:count]
 
 
 def _other_prompt(prompt: str) -> str:
