@@ -73,6 +73,8 @@ class DataConfig(_Section):
     adds the state back. true: every action dim except those named *gripper*; a list: the mask
     per action dim; false: absolute; unset: what the --init run used, else absolute. A run's
     config.json records the resolved mask."""
+    success_only: bool = False
+    """Train (and validate) only on episodes that succeeded: filtered behaviour cloning."""
 
 
 class DistributedConfig(_Section):

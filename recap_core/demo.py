@@ -3,9 +3,12 @@
 Every stage runs through the real `recap` command line, exactly as an operator would chain
 them in a shell script (see `examples/recap_round.sh`):
 
-    demos (scripted expert) -> convert -> sft -> serve + DAgger rollouts -> convert -> merge
-    -> finetune (Stage 3) -> value train -> value label -> label audit -> finetune (Stage 6) -> eval x3
-    (+ Stage 6 asked for "negative": the indicator check)
+    demos (a mix of careful, sloppy and hesitant scripted operators) -> convert -> sft
+    -> serve + DAgger rollouts -> convert -> merge -> filtered BC (sft --success-only)
+    -> finetune (Stage 3) -> value train -> value label (demos too) -> label quality against the
+    sim's ground truth -> finetune (Stage 6) -> closed-loop eval of every row on the same scenes
+    (+ Stage 6 asked for "negative": the indicator check; --plan full adds the expert, SFT on the
+    careful operator alone, Stage 6 on ground-truth labels and Stage 6 with CFG)
 
 Rollouts go through `recap serve` and the openpi websocket protocol. Each finished stage is
 recorded in `<workdir>/demo_state.json`, so rerunning the demo continues where it stopped.
@@ -24,21 +27,33 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from recap_core.errors import OutputExistsError, RecapError
+from recap_core.errors import ConfigError, OutputExistsError, RecapError
 
-TASK = "handover"
-STAGES = ("sft", "stage3", "stage6")
+TASK = "handover-easy"
+# Policies in the summary table, in order. The core rows run in every plan, the rest in --plan full.
+CORE_ROWS = ("sft", "filtered_bc", "stage3", "stage6", "stage6_negative")
+FULL_ROWS = ("expert", "sft_careful", *CORE_ROWS, "stage6_truth", "stage6_cfg")
+STAGES = ("sft", "stage3", "stage6")  # the trained RECAP stages (kept for scripts reading the summary)
 CONDITIONED = ("stage3", "stage6")  # the pi0.6 stages, which read the advantage indicator
 INDICATOR_STATES = 32  # expert-visited states for `recap eval --indicator-effect`
+ROW_LABELS = {
+    "expert": "scripted expert (careful operator)",
+    "sft_careful": "SFT on the careful operator's demos only",
+    "sft": "SFT on all demos (pi0.5, the baseline)",
+    "filtered_bc": "SFT on successful episodes only (filtered BC)",
+    "stage3": "Stage 3 (pi0.6, converter labels)",
+    "stage6": "Stage 6 (value-model labels: full RECAP)",
+    "stage6_negative": "Stage 6 asked for 'negative'",
+    "stage6_truth": "Stage 6 on ground-truth labels (ceiling)",
+    "stage6_cfg": "Stage 6 with --cfg-beta 2",
+}
 
 
 def operator_rule():
-    """How the demo's "operator" corrects the robot: when it drifts or stops making progress.
+    """How the demo's "operator" corrects the robot during rollouts: when it drifts or stalls.
 
-    The sim's default rule steps in at 0.1 rad of drift, which with a young policy means the
-    expert drives ~85% of every rollout and all of them succeed: nothing for a value function to
-    tell apart. Stepping in much later (0.35 rad, 40 frames without progress) left 81% autonomous
-    frames but only 8% successful rollouts. This one gave ~70% autonomous frames and ~28% successes.
+    Late enough that most frames stay the policy's own (its mistakes are what the value model
+    must find), early enough that a stuck policy is helped before the time runs out.
     """
     from recap_core.sim.rollout import InterventionRule
 
@@ -47,7 +62,8 @@ def operator_rule():
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of one demo run. `fast` is the CI smoke run; `default` the README's main job."""
+    """Sizes of one demo run. `fast` is the CI smoke run; `default` the README's main job; `full`
+    adds the control rows (expert, careful-only SFT, ground-truth labels, CFG)."""
 
     demos: int
     rollouts: int
@@ -56,15 +72,26 @@ class DemoPlan:
     finetune_steps: int
     value_steps: int
     batch_size: int
-    top_percent: float = 30.0
-    lookahead: int = 10
+    operators: str = "careful=0.4,sloppy=0.3,hesitant=0.3"
+    # Chosen on a development seed (100), never on the reported seeds: with a 10-frame lookahead the
+    # advantage of a stalled frame (-10/150) drowns in the value model's noise (label precision
+    # 0.43 at the ground-truth mistakes); 50 frames lift it to 0.83 (README).
+    top_percent: float = 60.0
+    lookahead: int = 50
+    full: bool = False
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        return FULL_ROWS if self.full else CORE_ROWS
 
 
+_DEFAULT = dict(demos=60, rollouts=40, eval_episodes=100, sft_steps=800, finetune_steps=300, value_steps=600,
+                batch_size=32)
 PLANS = {
-    "fast": DemoPlan(demos=4, rollouts=3, eval_episodes=3, sft_steps=4, finetune_steps=4, value_steps=4,
-                     batch_size=4),
-    "default": DemoPlan(demos=50, rollouts=40, eval_episodes=100, sft_steps=800, finetune_steps=400,
-                        value_steps=600, batch_size=32),
+    "fast": DemoPlan(demos=6, rollouts=3, eval_episodes=3, sft_steps=4, finetune_steps=4, value_steps=4,
+                     batch_size=4, full=True),
+    "default": DemoPlan(**_DEFAULT),
+    "full": DemoPlan(**_DEFAULT, full=True),
 }
 
 
@@ -92,6 +119,10 @@ class DemoRunner:
     @property
     def rollout_seed(self) -> int:
         return self.seed + 10_000
+
+    @property
+    def eval_seed(self) -> int:
+        return self.seed + 20_000
 
     # ------------------------------------------------------------------ bookkeeping
     def _save(self) -> None:
@@ -121,11 +152,13 @@ class DemoRunner:
         return json.loads(proc.stdout) if json_out else None
 
     # ------------------------------------------------------------------ stages
-    def collect_demos(self) -> dict[str, Any]:
+    def collect_demos(self, name: str, operators: str) -> dict[str, Any]:
         from recap_core.sim.collect import collect_demos
+        from recap_core.sim.operators import OperatorMix
 
-        res = collect_demos(TASK, self.plan.demos, self.seed, self.work / "raw" / "demos", overwrite=True)
-        return {"episodes": self.plan.demos, "success_rate": res.success_rate}
+        res = collect_demos(TASK, self.plan.demos, self.seed, self.work / "raw" / name, overwrite=True,
+                            operators=OperatorMix.parse(operators))
+        return {"episodes": self.plan.demos, "operators": operators, "success_rate": res.success_rate}
 
     def convert(self, raw: str, out: str) -> dict[str, Any]:
         from recap_core.sim.task import get_task
@@ -162,53 +195,76 @@ class DemoRunner:
         return {"episodes": self.plan.rollouts, "success_rate": res.success_rate,
                 "intervention_fraction": round(res.intervention_frames / max(res.frames, 1), 3)}
 
-    def evaluate(self, run: str, adv_ind: str | None = None) -> dict[str, Any]:
-        """Closed-loop success; `adv_ind` None sends the server's default ("positive" for pi0.6).
+    def evaluate(self, row: str) -> dict[str, Any]:
+        """Closed-loop success of one table row; every row faces the same scenes (`eval_seed`).
         pi0.6 runs also get the open-loop indicator effect (Stage 3, which never saw a negative
         label, is the baseline for Stage 6)."""
-        extra = ("--adv-ind", adv_ind) if adv_ind else ()
-        if run in CONDITIONED and not adv_ind:
-            extra = (*extra, "--indicator-effect", INDICATOR_STATES)
-        return self.recap("eval", f"runs/{run}", "--task", TASK, "--episodes", self.plan.eval_episodes,
-                          "--seed", self.seed + 20_000, *extra, json_out=True)
+        if row == "expert":
+            args: tuple[Any, ...] = ("--expert",)
+        else:
+            run = {"stage6_negative": "stage6", "stage6_cfg": "stage6"}.get(row, row)
+            args = (f"runs/{run}",)
+            if row == "stage6_negative":
+                args = (*args, "--adv-ind", "negative")
+            elif row == "stage6_cfg":
+                args = (*args, "--cfg-beta", 2.0)
+            elif row in CONDITIONED:
+                args = (*args, "--indicator-effect", INDICATOR_STATES)
+        return self.recap("eval", *args, "--task", TASK, "--episodes", self.plan.eval_episodes,
+                          "--seed", self.eval_seed, json_out=True)
 
     def run(self) -> dict[str, Any]:
-        from recap_core.sim.audit import label_audit
+        from recap_core.sim.truth import label_quality, truth_labels
 
         p = self.plan
-        self.stage("demos", self.collect_demos)
+        started = time.perf_counter()
+        self.stage("demos", lambda: self.collect_demos("demos", p.operators))
         self.stage("convert demos", lambda: self.convert("demos", "demos"))
         # Joint deltas (openpi's ALOHA recipe): the finetunes inherit the convention from runs/sft.
-        self.stage("sft (Stage 2)", lambda: self.train(("sft",), "demos", "sft", "pi05-tiny", p.sft_steps,
-                                                       extra=("--delta-actions",)))
+        sft = ("--delta-actions",)
+        self.stage("sft (Stage 2)", lambda: self.train(("sft",), "demos", "sft", "pi05-tiny", p.sft_steps, extra=sft))
+        if "sft_careful" in p.rows:  # item 2 of the design: is the policy competent on good demos?
+            self.stage("careful demos", lambda: self.collect_demos("careful", "careful"))
+            self.stage("convert careful demos", lambda: self.convert("careful", "careful"))
+            self.stage("sft on careful demos", lambda: self.train(("sft",), "careful", "sft_careful", "pi05-tiny",
+                                                                  p.sft_steps, extra=sft))
         self.stage("rollouts via recap serve", self.collect_rollouts)
         self.stage("convert rollouts", lambda: self.convert("rollouts", "rollouts"))
         self.stage("merge", lambda: self.recap("data", "merge", "data/demos", "data/rollouts", "--output",
                                                "data/round1", "--overwrite", json_out=True))
+        self.stage("filtered BC", lambda: self.train(("sft",), "round1", "filtered_bc", "pi05-tiny", p.finetune_steps,
+                                                     init="runs/sft", extra=("--success-only",)))
         self.stage("finetune (Stage 3)", lambda: self.train(("finetune",), "round1", "stage3", "pi06-tiny",
                                                             p.finetune_steps, init="runs/sft"))
         # Random-init backbones must train: frozen random features cannot predict progress.
         self.stage("value train (Stage 4)", lambda: self.train(("value", "train"), "round1", "value", "value-tiny",
                                                               p.value_steps, extra=("--freeze-mode", "none")))
-        self.stage("value label (Stage 5)", lambda: self.recap(
+        # The demos mix operators, so they are labelled by the value model too (the paper labels all data).
+        label = self.stage("value label (Stage 5)", lambda: self.recap(
             "value", "label", "data/round1", "--checkpoint", "runs/value", "--output", "data/round1_labeled",
-            "--top-percent", p.top_percent, "--lookahead", p.lookahead, "--report", "reports/label",
+            "--top-percent", p.top_percent, "--lookahead", p.lookahead, "--demos", "value", "--report", "reports/label",
             "--overwrite", "--no-preflight", json_out=True))
-        # Replays the rollouts in the sim: do the labels point at the actions closer to the expert's?
-        audit = self.stage("label audit", lambda: label_audit(self.work / "data" / "round1_labeled", TASK,
-                                                              self.rollout_seed, p.demos).as_dict())
+        raw = [self.work / "raw" / "demos", self.work / "raw" / "rollouts"]
+        quality = self.stage("label quality (ground truth)", lambda: label_quality(
+            self.work / "data" / "round1_labeled", raw, p.lookahead, demos="value").as_dict())
         self.stage("finetune (Stage 6)", lambda: self.train(("finetune",), "round1_labeled", "stage6", "pi06-tiny",
                                                             p.finetune_steps, init="runs/sft"))
-        results = {name: self.stage(f"eval {name}", lambda name=name: self.evaluate(name)) for name in STAGES}
-        # Indicator check: a policy that learned the clause does worse when asked for "negative".
-        negative = self.stage("eval stage6 asked for negative", lambda: self.evaluate("stage6", "negative"))
+        if "stage6_truth" in p.rows:
+            self.stage("ground-truth labels", lambda: str(truth_labels(
+                self.work / "data" / "round1_labeled", raw, self.work / "data" / "round1_truth", overwrite=True)))
+            self.stage("finetune on ground-truth labels", lambda: self.train(
+                ("finetune",), "round1_truth", "stage6_truth", "pi06-tiny", p.finetune_steps, init="runs/sft"))
+        results = {row: self.stage(f"eval {row}", lambda row=row: self.evaluate(row)) for row in p.rows}
+        rows = {row: _row(results[row]) for row in p.rows}
+        seconds = {k: v["seconds"] for k, v in self.state["done"].items()}
         summary = {"workdir": str(self.work), "seed": self.seed, "plan": asdict(p), "task": TASK,
-                   "success": {name: _success(results[name]) for name in STAGES},
-                   "stage6_negative": _success(negative),
-                   "label_audit": audit,
-                   "seconds": {k: v["seconds"] for k, v in self.state["done"].items()}}
+                   "rows": rows, "success": {name: rows[name] for name in STAGES},
+                   "stage6_negative": rows["stage6_negative"],
+                   "label_quality": quality, "value_spearman": label.get("spearman"),
+                   "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                   "this_call_seconds": round(time.perf_counter() - started, 1)}
         plot = self.work / "success_rates.png"
-        plot_success(summary["success"], plot, title=f"toy task '{TASK}', seed {self.seed}")
+        plot_success(rows, plot, title=f"toy task '{TASK}', seed {self.seed}")
         summary["plot"] = str(plot)
         (self.work / "demo_summary.json").write_text(json.dumps(summary, indent=2))
         return summary
@@ -237,23 +293,60 @@ def _unboxed(text: str) -> str:
     return "\n".join(lines)
 
 
-def _success(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("success_rate", "ci_low", "ci_high", "episodes", "successes", "milestone_rates", "indicator_effect")
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("success_rate", "ci_low", "ci_high", "episodes", "successes", "mean_length", "successes_per_1000_steps",
+            "mean_steps_to_success", "milestone_rates", "mistake_rates", "indicator_effect")
     return {k: result[k] for k in keys if k in result}
 
 
-def plot_success(success: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+def pool_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool the rows of several demo summaries (one per seed, same plan): successes over episodes
+    with a Wilson 95% interval, throughput over all environment steps, and each seed's label quality."""
+    from recap_core.sim.evaluate import wilson_interval
+
+    if not summaries:
+        raise ConfigError("no demo summaries to pool", fix="pass one or more finished demo workdirs")
+    rows: dict[str, dict[str, Any]] = {}
+    for name in summaries[0]["rows"]:
+        per_seed = [s["rows"][name] for s in summaries if name in s["rows"]]
+        wins = sum(r["successes"] for r in per_seed)
+        episodes = sum(r["episodes"] for r in per_seed)
+        steps = sum(r["mean_length"] * r["episodes"] for r in per_seed)
+        won_steps = sum((r["mean_steps_to_success"] or 0.0) * r["successes"] for r in per_seed)
+        low, high = wilson_interval(wins, episodes)
+        mistakes = {k: sum(r["mistake_rates"][k] * r["episodes"] for r in per_seed) / episodes
+                    for k in per_seed[0].get("mistake_rates", {})}
+        milestones = {k: sum(r["milestone_rates"][k] * r["episodes"] for r in per_seed) / episodes
+                      for k in per_seed[0].get("milestone_rates", {})}
+        rows[name] = {"successes": wins, "episodes": episodes, "success_rate": wins / episodes, "ci_low": low,
+                      "ci_high": high, "successes_per_1000_steps": 1000.0 * wins / steps if steps else 0.0,
+                      "mean_steps_to_success": won_steps / wins if wins else None, "mistake_rates": mistakes,
+                      "milestone_rates": milestones, "seeds": len(per_seed)}
+    return {"seeds": [s["seed"] for s in summaries], "task": summaries[0]["task"], "rows": rows,
+            "label_quality": {str(s["seed"]): s.get("label_quality") for s in summaries},
+            "minutes": {str(s["seed"]): round(s.get("total_seconds", 0) / 60, 1) for s in summaries}}
+
+
+ROW_COLOURS = {"expert": "#444444", "sft_careful": "#aaaaaa", "sft": "#888888", "filtered_bc": "#b08040",
+               "stage3": "#4a90d9", "stage6": "#2e7d32", "stage6_negative": "#c62828", "stage6_truth": "#81c784",
+               "stage6_cfg": "#1b5e20"}
+
+
+def plot_success(rows: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Bar chart of success rates with their Wilson 95% intervals, one bar per table row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(success)
-    rates = [success[n]["success_rate"] for n in names]
-    low = [r - success[n].get("ci_low", r) for n, r in zip(names, rates, strict=True)]
-    high = [success[n].get("ci_high", r) - r for n, r in zip(names, rates, strict=True)]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(names, rates, yerr=[low, high], capsize=6, color=["#888888", "#4a90d9", "#2e7d32"][: len(names)])
+    names = list(rows)
+    rates = [rows[n]["success_rate"] for n in names]
+    low = [r - rows[n].get("ci_low", r) for n, r in zip(names, rates, strict=True)]
+    high = [rows[n].get("ci_high", r) - r for n, r in zip(names, rates, strict=True)]
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.8))
+    ax.bar(range(len(names)), rates, yerr=[low, high], capsize=5,
+           color=[ROW_COLOURS.get(n, "#888888") for n in names])
+    ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("closed-loop success rate (95% CI)")
     ax.set_title(title, fontsize=9)
@@ -262,11 +355,17 @@ def plot_success(success: dict[str, dict[str, Any]], path: Path, title: str) -> 
     plt.close(fig)
 
 
-def run_demo(workdir: Path, *, fast: bool = False, seed: int = 0, overwrite: bool = False,
+def run_demo(workdir: Path, *, plan: str = "default", seed: int = 0, overwrite: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or continue) the demo in `workdir`; returns the summary with success rates per stage."""
+    """Run (or continue) the demo in `workdir`; returns the summary with every row of the table.
+
+    A workdir of the default plan continues under `full` (the extra rows are added, nothing rerun).
+    """
     workdir = Path(workdir)
-    plan = PLANS["fast" if fast else "default"]
+    if plan not in PLANS:
+        raise ConfigError(f"unknown demo plan {plan!r}; expected one of {', '.join(PLANS)}",
+                          fix="pass --plan default, --plan full or --fast")
+    chosen = PLANS[plan]
     state = workdir / "demo_state.json"
     if workdir.exists() and any(workdir.iterdir()):
         if overwrite:
@@ -276,12 +375,13 @@ def run_demo(workdir: Path, *, fast: bool = False, seed: int = 0, overwrite: boo
                                     fix="choose another --workdir or pass --overwrite")
         else:
             previous = json.loads(state.read_text())
-            if previous.get("plan") not in (None, asdict(plan)) or previous.get("seed", seed) != seed:
+            before = {**previous.get("plan", asdict(chosen)), "full": chosen.full}
+            if before != asdict(chosen) or previous.get("seed", seed) != seed:
                 raise OutputExistsError(f"{workdir} holds a demo with another plan or seed",
-                                        fix="pass the same --fast/--seed, another --workdir, or --overwrite")
+                                        fix="pass the same --plan/--fast and --seed, another --workdir, or --overwrite")
     workdir.mkdir(parents=True, exist_ok=True)
-    runner = DemoRunner(workdir, plan, seed, log)
-    runner.state.setdefault("plan", asdict(plan))
+    runner = DemoRunner(workdir, chosen, seed, log)
+    runner.state["plan"] = asdict(chosen)
     runner.state.setdefault("seed", seed)
     runner._save()
     return runner.run()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recap_core.demo import STAGES, _unboxed
+from recap_core.demo import FULL_ROWS, STAGES, _unboxed
 from tests.conftest import run_recap
 
 
@@ -28,28 +28,32 @@ def test_demo_fast_produces_every_artifact(tmp_path: Path):
     labeled = json.loads((work / "data" / "round1_labeled" / "meta" / "info.json").read_text())
     assert {"value_pred", "advantage", "adv_ind"} <= set(labeled["features"])
     # A checkpoint, config and norm stats for every trained model.
-    for run in ("sft", "stage3", "value", "stage6"):
+    for run in ("sft", "sft_careful", "filtered_bc", "stage3", "value", "stage6", "stage6_truth"):
         assert (work / "runs" / run / "config.json").is_file(), run
         assert any((work / "runs" / run / "checkpoints").iterdir()), run
+    assert json.loads((work / "runs" / "filtered_bc" / "config.json").read_text())["data"]["success_only"] is True
     assert (work / "reports" / "label" / "advantage_hist.png").is_file()
     assert (work / "success_rates.png").stat().st_size > 0
-    assert set(summary["success"]) == set(STAGES)
-    for stats in summary["success"].values():
+    # Every row of the table, each on the same number of episodes, with throughput.
+    assert tuple(summary["rows"]) == FULL_ROWS
+    for stats in summary["rows"].values():
         assert 0.0 <= stats["ci_low"] <= stats["success_rate"] <= stats["ci_high"] <= 1.0
         assert stats["episodes"] == summary["plan"]["eval_episodes"]
-    assert summary["stage6_negative"]["episodes"] == summary["plan"]["eval_episodes"]
-    audit = summary["label_audit"]
-    assert audit["frames"] > 0 and set(audit["joint_deviation"]) == {"positive", "negative"}
+        assert stats["successes_per_1000_steps"] >= 0 and set(stats["mistake_rates"]) == {"drop", "idle"}
+    assert summary["rows"]["expert"]["success_rate"] == 1.0
+    assert set(summary["success"]) == set(STAGES)
+    quality = summary["label_quality"]
+    assert quality["frames"] > 0 and set(quality["recall_by_kind"]) == {"drop", "idle"}
     # The pi0.6 stages report how far their actions move with the indicator; SFT is not conditioned.
-    assert "indicator_effect" not in summary["success"]["sft"]
+    assert "indicator_effect" not in summary["rows"]["sft"]
     for stage in ("stage3", "stage6"):
-        effect = summary["success"][stage]["indicator_effect"]
+        effect = summary["rows"][stage]["indicator_effect"]
         assert effect["states"] == 32 and effect["sampling_spread"] > 0 and effect["positive_vs_negative"] >= 0
     # Rerunning continues: every stage is already done, nothing is recomputed.
     again = run_recap("demo", "--fast", "--workdir", work, "--json", timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "done earlier" in again.stderr
-    assert json.loads(again.stdout)["success"] == summary["success"]
+    assert json.loads(again.stdout)["rows"] == summary["rows"]
 
 
 def test_demo_refuses_foreign_workdir(tmp_path: Path):
@@ -57,3 +61,25 @@ def test_demo_refuses_foreign_workdir(tmp_path: Path):
     proc = run_recap("demo", "--fast", "--workdir", tmp_path)
     assert proc.returncode == 2 and "not a recap demo workdir" in proc.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def _row(successes: int, episodes: int, mean_length: float, steps_to_success: float | None) -> dict:
+    return {"successes": successes, "episodes": episodes, "success_rate": successes / episodes,
+            "mean_length": mean_length, "mean_steps_to_success": steps_to_success,
+            "mistake_rates": {"drop": 0.5, "idle": 0.0}, "milestone_rates": {"success": successes / episodes}}
+
+
+def test_pool_summaries_adds_successes_steps_and_wilson_intervals():
+    from recap_core.demo import pool_summaries
+    from recap_core.sim.evaluate import wilson_interval
+
+    a = {"seed": 0, "task": "t", "rows": {"sft": _row(2, 10, 100.0, 60.0)}, "total_seconds": 60}
+    b = {"seed": 1, "task": "t", "rows": {"sft": _row(6, 10, 80.0, 70.0)}, "total_seconds": 120}
+    pooled = pool_summaries([a, b])
+    row = pooled["rows"]["sft"]
+    assert (row["successes"], row["episodes"]) == (8, 20)
+    assert (row["ci_low"], row["ci_high"]) == wilson_interval(8, 20)
+    assert row["successes_per_1000_steps"] == 1000 * 8 / 1800
+    assert row["mean_steps_to_success"] == (2 * 60 + 6 * 70) / 8
+    assert row["mistake_rates"] == {"drop": 0.5, "idle": 0.0}
+    assert pooled["seeds"] == [0, 1] and pooled["minutes"] == {"0": 1.0, "1": 2.0}

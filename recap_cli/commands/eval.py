@@ -101,6 +101,11 @@ def eval_command(
         AdvInd | None,
         typer.Option("--adv-ind", help="adv_ind sent with each observation (default: the server's default)."),
     ] = None,
+    cfg_beta: Annotated[
+        float,
+        typer.Option("--cfg-beta", help="Classifier-free guidance weight for a pi0.6 RUN_OR_CKPT (1: off; the paper's "
+                     "beta > 1 pushes the actions further towards 'positive')."),
+    ] = 1.0,
     replan_steps: Annotated[
         int,
         typer.Option("--replan-steps", min=1, help="Actions executed from each chunk before asking again."),
@@ -162,6 +167,9 @@ def eval_command(
             "--indicator-effect needs the run's weights (it samples from fixed noise), not --server or --expert",
             fix="pass the run directory: recap eval runs/stage6 --task handover --indicator-effect 32",
         )
+    if cfg_beta != 1.0 and run_or_ckpt is None:
+        raise ConfigError("--cfg-beta needs the run's weights (guidance happens inside the sampler), not --server "
+                          "or --expert", fix="pass the run directory, or start `recap serve RUN --cfg-beta B`")
     if video is not None:
         check_output(video, overwrite)
     adv = adv_ind.value if adv_ind is not None else None
@@ -173,7 +181,7 @@ def eval_command(
         else:
             if run_or_ckpt is not None:
                 with err_console.status(f"loading {run_or_ckpt}"):
-                    policy = load_policy(run_or_ckpt, ServeOptions(default_adv_ind=adv or "positive"))
+                    policy = load_policy(run_or_ckpt, ServeOptions(default_adv_ind=adv or "positive", cfg_beta=cfg_beta))
                 if indicator_states:
                     with err_console.status(f"indicator effect on {indicator_states} states"):
                         effect = indicator_effect(policy, spec, indicator_states, seed)

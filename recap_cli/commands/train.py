@@ -32,6 +32,10 @@ DeltaOpt = Annotated[bool | None, typer.Option(
     help="Train on joint deltas w.r.t. the current state, grippers absolute (openpi's ALOHA recipe; "
          "serving adds the state back). Default: the --init run's choice, else absolute.")]
 
+SuccessOnlyOpt = Annotated[bool, typer.Option(
+    "--success-only",
+    help="Train only on the episodes that succeeded (filtered behaviour cloning, the usual baseline for RECAP).")]
+
 DOCTOR_STAGE = {"sft": "sft", "finetune": "finetune", "value": "value-train"}
 
 
@@ -154,6 +158,7 @@ def sft(
     cameras: CamerasOpt = None,
     wandb: WandbOpt = None,
     delta_actions: DeltaOpt = None,
+    success_only: SuccessOnlyOpt = False,
     no_preflight: NoPreflightOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -164,7 +169,7 @@ def sft(
     run_training("sft", dataset, preset=preset, init=init, run_dir=run_dir, steps=steps, batch_size=batch_size,
                  resume=resume, overwrite=overwrite, sets=set_, config_file=config, fsdp_devices=fsdp_devices,
                  cameras=cameras, wandb=wandb, no_preflight=no_preflight, as_json=as_json,
-                 extra_flags={"data.delta_actions": delta_actions})
+                 extra_flags={"data.delta_actions": delta_actions, "data.success_only": success_only or None})
 
 
 def finetune(

@@ -27,6 +27,14 @@ def label(
     top_percent: Annotated[float, typer.Option(help="Share of autonomous frames labelled positive, 0 < p <= 100.")] = 30.0,
     lookahead: Annotated[int, typer.Option(help="N of the N-step advantage, in frames.")] = 50,
     per_task: Annotated[bool, typer.Option("--per-task", help="One threshold per task instead of one global.")] = False,
+    demos: Annotated[
+        str,
+        typer.Option(
+            "--demos", help="How demo episodes (every frame human) are labelled: 'positive' by rule, like corrections, "
+            "or 'value': by the value model like autonomous frames (the paper labels all data; use it when demos "
+            "mix operators of different skill). Corrections inside rollouts are positive either way.",
+        ),
+    ] = "positive",
     use_ema: Annotated[bool, typer.Option("--use-ema", help="Use the checkpoint's EMA weights.")] = False,
     batch_size: Annotated[int, typer.Option(help="Frames per inference batch (global, all local devices).")] = 8,
     cameras: Annotated[
@@ -62,6 +70,11 @@ def label(
     # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.
     check_top_percent(top_percent)
     check_lookahead(lookahead)
+    if demos not in ("positive", "value"):
+        from recap_core.errors import ConfigError
+
+        raise ConfigError(f"--demos {demos!r} is not 'positive' or 'value'",
+                          fix="pass --demos positive (the default) or --demos value")
     shard_spec = parse_shard(shard)
     ckpt = resolve_value_checkpoint(checkpoint)
     # Feed the value model the cameras it was trained on unless told otherwise.
@@ -69,7 +82,7 @@ def label(
         top_percent=top_percent, lookahead=lookahead, per_task=per_task, use_ema=use_ema, batch_size=batch_size,
         cameras=tuple(cameras) if cameras else ckpt.cameras, output=output, in_place=in_place,
         overwrite=overwrite, cache_dir=cache, shard=shard_spec, merge_from=tuple(merge_shards or ()),
-        report_dir=report,
+        report_dir=report, demos=demos,
     )
     if not no_preflight:
         from recap_core.doctor import preflight

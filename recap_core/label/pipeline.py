@@ -6,6 +6,7 @@ shard spec) runs before the first prediction or file write.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from recap_core.label.relabel import FrameLabels, default_output, relabel_in_pla
 from recap_core.label.threshold import DEFAULT_TOP_PERCENT, binarise, check_top_percent
 
 STAGE = "recap value label"
+DEMO_MODES = ("positive", "value")
 # Builds (load_batch, predict_fn) for the chosen cameras; called only if something is uncached,
 # so a fully cached rerun never loads the model.
 PredictorFactory = Callable[[DatasetInfo, tuple[str, ...]], tuple[LoadFn, PredictFn]]
@@ -56,6 +58,10 @@ class LabelOptions:
     shard: tuple[int, int] | None = None
     merge_from: tuple[Path, ...] = ()
     report_dir: Path | None = None
+    # How demonstration episodes (every frame a human's) are labelled: "positive" by rule, like
+    # corrections, or "value": by the value model like autonomous frames, as the paper labels all
+    # of its data. Use "value" when the demos mix operators of different skill.
+    demos: str = "positive"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,15 @@ def read_frames(info: DatasetInfo) -> Frames:
     return frames
 
 
+def _demos_as_labelled(frames: Frames) -> np.ndarray:
+    """The intervention flags with every frame of a demo episode (all frames human) cleared, so the
+    value model labels demos like autonomous frames; corrections inside rollouts stay positive."""
+    episodes, inverse = np.unique(frames.episode_index, return_inverse=True)
+    autonomous_per_ep = np.bincount(inverse, weights=frames.intervention == 0, minlength=episodes.size)
+    demo_rows = autonomous_per_ep[inverse] == 0
+    return np.where(demo_rows, 0, frames.intervention)
+
+
 def resolve_cameras(info: DatasetInfo, cameras: Sequence[str] | None) -> tuple[str, ...]:
     """Full camera keys; all of the dataset's cameras when none are given."""
     keys = camera_keys_for(info, cameras) if cameras else list(info.camera_keys)
@@ -139,6 +154,11 @@ def label_dataset(
     cameras = resolve_cameras(info, options.cameras)
     output = _resolve_output(info, options)
     frames = read_frames(info)
+    if options.demos not in DEMO_MODES:
+        raise RecapError(f"--demos {options.demos!r} is not one of {', '.join(DEMO_MODES)}",
+                         fix="pass --demos positive (demos labelled positive by rule) or --demos value")
+    if options.demos == "value":
+        frames = dataclasses.replace(frames, intervention=_demos_as_labelled(frames))
 
     needed = needed_mask(frames.intervention, frames.episode_index, frames.frame_index, lookahead)
     episodes, inverse = np.unique(frames.episode_index, return_inverse=True)
@@ -198,6 +218,7 @@ def label_dataset(
             "top_percent": top_percent,
             "lookahead": lookahead,
             "per_task": options.per_task,
+            "demos": options.demos,
             "skipped_episodes": out.skipped_episodes,
             "seconds": round(seconds, 3),
             "frames_per_second": round(out.autonomous_frames / seconds, 2) if seconds > 0 else None,

@@ -9,7 +9,12 @@ Each episode becomes `RAW_DIR/episode_<k>.hdf5`::
     /observations/images/<camera>     uint8   [T, H, W, 3]
     /action                           float32 [T, A]
     /intervention                     int64   [T]      1 = expert/human frame
-    attrs: success (bool), task (str: the prompt), sim (bool, as in ALOHA's own files)
+    /ground_truth/mistake             int8    [T]      the sim's ground truth (operators.MISTAKES)
+    attrs: success (bool), task (str: the prompt), sim (bool, as in ALOHA's own files),
+           operator (str: careful / sloppy / hesitant for demos, policy for rollouts)
+
+The ground truth is for checks (label precision at mistake frames); `recap convert` ignores it,
+so no training run ever sees it.
 
 which `recap convert aloha-hdf5 RAW_DIR OUT --fps <task.fps>` turns into a LeRobot dataset.
 """
@@ -21,8 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from recap_core.fsutil import atomic_output_dir
+from recap_core.sim.operators import MISTAKES, OperatorMix
 from recap_core.sim.rollout import Episode, InterventionRule, PolicyFn, run_episode
 from recap_core.sim.task import STATE_NAMES, TaskSpec, get_task
 
@@ -66,6 +73,10 @@ def write_episode_hdf5(path: Path, episode: Episode) -> None:
             images.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]))
         f.create_dataset("action", data=episode.action).attrs["names"] = list(STATE_NAMES)
         f.create_dataset("intervention", data=episode.intervention)
+        f.attrs["operator"] = episode.operator
+        if episode.mistake.size:
+            truth = f.create_group("ground_truth")
+            truth.create_dataset("mistake", data=episode.mistake).attrs["names"] = list(MISTAKES)
 
 
 def _record(
@@ -79,6 +90,7 @@ def _record(
     overwrite: bool,
     progress: ProgressFn | None,
     first_index: int,
+    operators: OperatorMix | None = None,
 ) -> CollectResult:
     spec = get_task(task)
     if episodes < 1:
@@ -86,7 +98,10 @@ def _record(
     successes = frames = flagged = takeovers = 0
     with atomic_output_dir(Path(raw_dir), overwrite) as tmp:
         for k in range(first_index, first_index + episodes):
-            episode = run_episode(spec, seed, k, policy_fn, rule=rule, replan_steps=replan_steps)
+            # The operator of demo k comes from a generator of its own: demo k is the same scene
+            # whatever the mix, and the mix's draw the same whatever the scene.
+            operator = operators.pick(np.random.default_rng([seed, k, 2])) if operators is not None else None
+            episode = run_episode(spec, seed, k, policy_fn, rule=rule, replan_steps=replan_steps, operator=operator)
             write_episode_hdf5(tmp / episode_filename(k), episode)
             successes += int(episode.success)
             frames += episode.length
@@ -105,9 +120,13 @@ def collect_demos(
     *,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    operators: OperatorMix | None = None,
 ) -> CollectResult:
-    """Expert demonstrations: every frame is flagged intervention=1."""
-    return _record(task, episodes, seed, raw_dir, None, None, 1, overwrite, progress, 0)
+    """Teleoperated demonstrations: every frame is flagged intervention=1 (a human acted).
+
+    `operators` mixes careful, sloppy and hesitant operators (default: the careful expert only).
+    """
+    return _record(task, episodes, seed, raw_dir, None, None, 1, overwrite, progress, 0, operators)
 
 
 def collect(

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from recap_core.fsutil import atomic_output_dir
+from recap_core.sim.operators import MISTAKES
 from recap_core.sim.rollout import MILESTONES, Episode, PolicyFn, run_episode
 from recap_core.sim.task import TaskSpec, get_task
 
@@ -30,6 +31,7 @@ class EpisodeOutcome:
     success: bool
     length: int
     milestones: tuple[str, ...] = ()
+    mistakes: tuple[str, ...] = ()  # the operators.MISTAKES kinds the policy made in this episode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,11 @@ class EvalResult:
     ci_low: float
     ci_high: float
     mean_length: float
+    # Throughput, as the paper reports it: successes per 1,000 environment steps (an episode ends at
+    # success or at the time limit), and the mean length of the successful episodes.
+    successes_per_1000_steps: float
+    mean_steps_to_success: float | None
+    mistake_rates: dict[str, float]  # share of episodes with at least one frame of each mistake kind
     milestone_rates: dict[str, float]  # share of episodes reaching each of rollout.MILESTONES
     by_variant: dict[str, dict[str, float]]
     outcomes: list[EpisodeOutcome]
@@ -104,7 +111,8 @@ def evaluate(
             episode = run_episode(spec, seed, k, policy_fn, replan_steps=replan_steps, record_images=filmed)
             if filmed:
                 video_frames[k] = episode.images["cam_high"]
-            outcomes.append(EpisodeOutcome(k, episode.variant, episode.success, episode.length, episode.milestones))
+            made = tuple(MISTAKES[i] for i in sorted(set(episode.mistake.tolist())) if i)
+            outcomes.append(EpisodeOutcome(k, episode.variant, episode.success, episode.length, episode.milestones, made))
             if progress is not None:
                 progress(episode)
         return outcomes
@@ -142,6 +150,9 @@ def summarize(
         ci_low=low,
         ci_high=high,
         mean_length=float(np.mean([o.length for o in outcomes])),
+        successes_per_1000_steps=1000.0 * successes / max(sum(o.length for o in outcomes), 1),
+        mean_steps_to_success=float(np.mean([o.length for o in outcomes if o.success])) if successes else None,
+        mistake_rates={m: sum(m in o.mistakes for o in outcomes) / len(outcomes) for m in MISTAKES if m != "none"},
         milestone_rates={m: sum(m in o.milestones for o in outcomes) / len(outcomes) for m in MILESTONES},
         by_variant=by_variant,
         outcomes=outcomes,

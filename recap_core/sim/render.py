@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from recap_core.sim.kinematics import forward
-from recap_core.sim.task import ARM_JOINTS, ARMS, CUBE_HALF, LEFT, RIGHT, ZONE_RADIUS, HandoverEnv
+from recap_core.sim.task import ARM_JOINTS, ARMS, CUBE_HALF, LEFT, RIGHT, HandoverEnv
 
 HEAD_VIEW = ((0.0, 0.3), 0.7)  # (centre, half width) in table coordinates
 WRIST_HALF_WIDTH = 0.22
@@ -48,7 +48,7 @@ def render_view(env: HandoverEnv, centre: tuple[float, float], half: float, size
     xs, ys = _grid(centre, half, size)
     image = np.empty((size, size, 3), np.uint8)
     image[:] = TABLE
-    image[_disc(xs, ys, env.target, ZONE_RADIUS)] = ZONE
+    image[_disc(xs, ys, env.target, env.task.zone_radius)] = ZONE
     cube = (np.abs(xs - env.cube[0]) <= CUBE_HALF) & (np.abs(ys - env.cube[1]) <= CUBE_HALF)
     holding = bool(env.holders)
     if not holding:  # a loose cube lies on the table, under the arms
@@ -63,7 +63,8 @@ def render_view(env: HandoverEnv, centre: tuple[float, float], half: float, size
         )
         image[links] = ARM_COLOURS[arm]
         opening = float(np.clip(env.qpos[gripper], 0.0, 1.0))
-        outer = 0.035 + 0.035 * opening
+        reach = env.task.grasp_radius  # the open ring's outer radius is what the gripper can grasp
+        outer = reach * (0.5 + 0.5 * opening)
         ring = _disc(xs, ys, tip_xy, outer) & ~_disc(xs, ys, tip_xy, outer - 0.02)
         image[ring] = GRIPPER
     if holding:  # a held cube is lifted, above the gripper

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from recap_core.sim.expert import ScriptedExpert
+from recap_core.sim.operators import MISTAKES, Operator, OperatorSpec, mistake_kind
 from recap_core.sim.render import render_cameras
 from recap_core.sim.task import (
     ACTION_DIM,
@@ -61,6 +62,10 @@ class Episode:
     images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3]; empty when not recorded
     takeovers: int  # times the expert stepped in
     milestones: tuple[str, ...] = ()  # the MILESTONES this episode reached, in MILESTONES order
+    operator: str = "careful"  # who recorded a demo ("policy" for rollouts and evaluations)
+    # Ground truth, never given to training: per frame, the index in operators.MISTAKES of the
+    # mistake its action makes ("none", "drop", "idle"); empty when not computed.
+    mistake: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int8))
 
     @property
     def length(self) -> int:
@@ -161,21 +166,27 @@ def run_episode(
     replan_steps: int = 5,
     record_images: bool = True,
     expert_noise: float = 0.01,
+    operator: OperatorSpec | None = None,
 ) -> Episode:
-    """Play one episode. `policy_fn=None`: the expert acts throughout (every frame flagged).
+    """Play one episode. `policy_fn=None`: the expert acts throughout (every frame flagged), or
+    `operator` (a careful, sloppy or hesitant teleoperator, operators.OPERATORS) when given.
 
     `rule=None` with a policy: the policy acts alone (evaluation). Deterministic for
-    (task, seed, index) given a deterministic policy.
+    (task, seed, index) given a deterministic policy. Every frame's ground-truth mistake is
+    recorded (`Episode.mistake`).
     """
     if replan_steps < 1:
         raise ValueError("replan_steps must be >= 1")
     rng = episode_rng(seed, index)
     env = HandoverEnv(task, rng)
     expert = ScriptedExpert.for_episode(rng, noise_std=expert_noise)
+    # The operator draws its choices from a generator of its own: the scene and the expert's noise
+    # are the same whichever operator records the episode.
+    teleop = Operator(operator, expert, np.random.default_rng([seed, index, 1])) if operator is not None else None
     watcher = _Watcher(rule, expert) if rule is not None and policy_fn is not None else None
     if watcher is not None:
         watcher.restart(env)
-    qpos, qvel, actions, flags = [], [], [], []
+    qpos, qvel, actions, flags, mistakes = [], [], [], [], []
     frames: dict[str, list[np.ndarray]] = {cam: [] for cam in task.cameras} if record_images else {}
     pending: list[np.ndarray] = []  # the rest of the current chunk
     takeover_left = 0
@@ -192,7 +203,7 @@ def run_episode(
             if watcher is not None and watcher.should_take_over(env, action):
                 takeover_left, takeovers, pending, by_expert = rule.takeover_steps, takeovers + 1, [], True
         if by_expert:
-            action = expert.action(env, rng)
+            action = teleop.action(env, rng) if teleop is not None and policy_fn is None else expert.action(env, rng)
             if takeover_left > 0:
                 takeover_left -= 1
                 if takeover_left == 0:
@@ -203,6 +214,7 @@ def run_episode(
         qvel.append(env.qvel.astype(np.float32))
         actions.append(np.asarray(action, np.float32))
         flags.append(1 if by_expert else 0)
+        mistakes.append(MISTAKES.index(mistake_kind(env, action, expert)))
         if images is not None:
             for cam in task.cameras:
                 frames[cam].append(images[cam])
@@ -220,4 +232,6 @@ def run_episode(
         images={cam: np.stack(f) for cam, f in frames.items()},
         takeovers=takeovers,
         milestones=tuple(m for m in MILESTONES if m in reached),
+        operator="policy" if policy_fn is not None else (operator.name if operator is not None else "careful"),
+        mistake=np.asarray(mistakes, np.int8),
     )

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from recap_core.config import RunConfig, load_run_config
 from recap_core.data.actions import check_mask, delta_mask_from_names
 from recap_core.data.dataset import (
     DatasetInfo,
     camera_keys_for,
+    column_array,
     episode_lengths,
     open_dataset,
+    read_table,
     require_columns,
 )
 from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
+from recap_core.data.schema import REWARD
 from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
 from recap_core.errors import ConfigError
 from recap_core.train.init import init_run
@@ -216,6 +220,20 @@ def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | 
     return mask
 
 
+def _successful(info: DatasetInfo, lengths: dict[int, int]) -> dict[int, int]:
+    """The episodes whose last frame has reward 1 (the schema's success marker)."""
+    require_columns(info, [REWARD], stage="--success-only")
+    table = read_table(info, ["episode_index", REWARD])
+    episodes = np.asarray(column_array(table, "episode_index")).reshape(-1)
+    reward = np.asarray(column_array(table, REWARD), np.float64).reshape(-1)
+    won = {int(e) for e in np.unique(episodes[reward >= 1.0])}
+    kept = {e: n for e, n in lengths.items() if e in won}
+    if not kept:
+        raise ConfigError(f"--success-only: no episode of {info.root} succeeded (no frame with reward 1)",
+                          fix="train on all episodes, or add successful ones")
+    return kept
+
+
 def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJob:
     info = check_dataset(config)
     root = Path(config.dataset)
@@ -240,6 +258,8 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
     task = task_for_config(config, norm_stats=norm_stats, cameras=cameras, run_dir=stored_run)
     assets[TOKENIZER_ASSET] = tokenizer_path(config, stored_run).read_bytes()
     lengths = episode_lengths(info)
+    if config.data.success_only:
+        lengths = _successful(info, lengths)
     train_eps, val_eps = split_episodes(sorted(lengths), config.val.fraction, config.seed)
     val_batches = _val_batches(root, config, task, val_eps, lengths)
     # Episodes held out for validation are never trained on; without validation, train on all.

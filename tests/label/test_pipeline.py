@@ -212,3 +212,27 @@ def test_dataset_without_recap_columns(tmp_path):
     with pytest.raises(DatasetError, match="reward_label"):
         label_dataset_run(plain, tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
+
+
+def test_demos_value_labels_demo_frames_by_the_value_model(src_dataset, tmp_path):
+    out = tmp_path / "out"
+    res = label_dataset_run(src_dataset, out, tmp_path / "cache", demos="value", top_percent=50)
+    cols = _read(out, ["adv_ind", "intervention", "value_pred", "advantage"])
+    demo = cols["episode_index"] == 0
+    assert cols["intervention"][demo].all()  # the input's flags are kept as they were
+    assert res["skipped_episodes"] == [] and res["demos"] == "value"
+    assert res["frames_labelled"] == int(demo.sum() + (cols["intervention"] == 0).sum())
+    assert not np.isnan(cols["value_pred"][demo]).any()
+    assert set(cols["adv_ind"][demo]) == {"positive", "negative"}
+    # Corrections inside rollouts stay positive by rule.
+    correction = (cols["intervention"] == 1) & ~demo
+    assert correction.any() and (cols["adv_ind"][correction] == "positive").all()
+    # The default keeps demos positive, nothing predicted for them.
+    plain = label_dataset_run(src_dataset, tmp_path / "plain", tmp_path / "cache2")
+    assert plain["skipped_episodes"] == [0] and plain["demos"] == "positive"
+
+
+def test_demos_mode_is_checked(src_dataset, tmp_path):
+    with pytest.raises(Exception, match="--demos"):
+        label_dataset_run(src_dataset, tmp_path / "out", tmp_path / "cache", demos="all")
+    assert not (tmp_path / "out").exists()

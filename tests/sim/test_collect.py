@@ -40,6 +40,7 @@ def test_demos_are_written_in_the_aloha_hdf5_layout(tmp_path):
         "observations/qvel": ((t, STATE_DIM), np.dtype("float32")),
         "action": ((t, ACTION_DIM), np.dtype("float32")),
         "intervention": ((t,), np.dtype("int64")),
+        "ground_truth/mistake": ((t,), np.dtype("int8")),  # for checks only; the converter ignores it
         **{f"observations/images/{cam}": ((t, 48, 48, 3), np.dtype("uint8")) for cam in CAMERAS},
     }
     assert datasets == expected

@@ -103,3 +103,21 @@ def test_value_metrics_by_hand() -> None:
     assert got["value_mae"] == pytest.approx(0.1)
     assert got["value_rank_corr_per_episode"] == pytest.approx(1.0)
     assert got["episodes"] == 2.0
+
+
+def test_success_only_trains_and_validates_on_successful_episodes(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "mixed", episodes=6, frames=8, cameras=("cam_high",),
+                      success=[True, False, True, False, True, True])
+    config = _value_config(ds, **{"data.success_only": True, "val.fraction": 0.25})
+    job = build_job(config, tmp_path / "run", resuming=False)
+    seen = {int(e) for b in itertools.islice(iter(job.train_data), 12) for e in b["episode_index"]}
+    held_out = {int(e) for b in job.val_batches() for e in b["episode_index"]} if job.val_batches else set()
+    assert seen | held_out == {0, 2, 4, 5} and not seen & held_out
+
+
+def test_success_only_with_no_successful_episode_is_refused(tmp_path: Path) -> None:
+    from recap_core.errors import ConfigError
+
+    ds = make_dataset(tmp_path / "failed", episodes=2, frames=8, cameras=("cam_high",), success=[False, False])
+    with pytest.raises(ConfigError, match="no episode .* succeeded"):
+        build_job(_value_config(ds, **{"data.success_only": True}), tmp_path / "run", resuming=False)
