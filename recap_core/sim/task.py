@@ -97,23 +97,13 @@ VARIANTS = {
         spawn_x=(0.3, 0.55),
         spawn_y=(0.22, 0.55),
     ),
-    "left_to_right_narrow": Variant(
-        name="left_to_right_narrow",
-        prompt="hand the cube from the left arm to the right arm and put it in the green zone",
-        source_arm=LEFT,
-        target=(0.42, 0.3),
-        spawn_x=(-0.47, -0.37),
-        spawn_y=(0.3, 0.42),
-    ),
-    "right_to_left_narrow": Variant(
-        name="right_to_left_narrow",
-        prompt="hand the cube from the right arm to the left arm and put it in the green zone",
-        source_arm=RIGHT,
-        target=(-0.42, 0.3),
-        spawn_x=(0.37, 0.47),
-        spawn_y=(0.3, 0.42),
-    ),
 }
+
+
+# The same two hand-overs with the cube spawning in a smaller area near the source arm's rest pose.
+for _name, _x in (("left_to_right", (-0.47, -0.37)), ("right_to_left", (0.37, 0.47))):
+    VARIANTS[f"{_name}_narrow"] = dataclasses.replace(VARIANTS[_name], name=f"{_name}_narrow", spawn_x=_x,
+                                                      spawn_y=(0.3, 0.42))
 
 
 @dataclasses.dataclass(frozen=True)
