@@ -64,6 +64,13 @@ def _render(result: dict[str, Any]) -> None:
     rates = result.get("milestone_rates") or {}
     if rates:
         console.print("reached: " + ", ".join(f"{name.replace('_', ' ')} {rate:.0%}" for name, rate in rates.items()))
+    steps = result.get("mean_steps_to_success")
+    console.print(f"throughput: {result['successes_per_1000_steps']:.1f} successes per 1,000 steps"
+                  + ("" if steps is None else f", {steps:.0f} steps per success on average"))
+    mistakes = result.get("mistake_rates") or {}
+    if mistakes:
+        console.print("episodes with a mistake (sim ground truth): "
+                      + ", ".join(f"{name} {rate:.0%}" for name, rate in mistakes.items()))
     effect = result.get("indicator_effect")
     if effect:
         console.print(

@@ -46,12 +46,12 @@ def _label(tmp, negative_every: int, name: str):
     adv = np.where(np.arange(index.size) % negative_every == 0, "negative", "positive").astype(object)
     value = -np.linspace(1, 0, index.size).astype(np.float32)
     labels = FrameLabels(index[order].astype(np.int64), adv, value, np.zeros(index.size, np.float32))
-    return write_labelled_copy(info, labels, tmp / name), index[order], adv
+    return write_labelled_copy(info, labels, tmp / name)
 
 
 def test_label_quality_counts_negatives_against_the_ground_truth(round1):
     tmp, raw = round1
-    out, index, adv = _label(tmp, 3, "labelled")
+    out = _label(tmp, 3, "labelled")
     truth = read_truth(raw)
     assert [op for op, _ in truth] == ["sloppy", "sloppy", "policy"]
     # Independent reference: walk the episodes in order; rows are contiguous by episode here.
@@ -86,7 +86,7 @@ def test_label_quality_counts_negatives_against_the_ground_truth(round1):
 
 def test_truth_labels_mark_exactly_the_mistake_frames(round1):
     tmp, raw = round1
-    out, _, _ = _label(tmp, 2, "labelled_for_truth")
+    out = _label(tmp, 2, "labelled_for_truth")
     written = truth_labels(out, raw, tmp / "truth")
     quality = label_quality(written, raw, 0, demos="value")
     assert quality.precision == 1.0 and quality.recall == 1.0
@@ -97,7 +97,7 @@ def test_truth_labels_mark_exactly_the_mistake_frames(round1):
 
 def test_wrong_raw_folders_are_refused(round1):
     tmp, raw = round1
-    out, _, _ = _label(tmp, 4, "labelled_refused")
+    out = _label(tmp, 4, "labelled_refused")
     with pytest.raises(DatasetError, match="does not match"):
         label_quality(out, raw[:1], LOOKAHEAD)
     with pytest.raises(DatasetError, match="ground_truth"):

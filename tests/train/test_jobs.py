@@ -119,5 +119,5 @@ def test_success_only_with_no_successful_episode_is_refused(tmp_path: Path) -> N
     from recap_core.errors import ConfigError
 
     ds = make_dataset(tmp_path / "failed", episodes=2, frames=8, cameras=("cam_high",), success=[False, False])
-    with pytest.raises(ConfigError, match="no episode .* succeeded"):
+    with pytest.raises(ConfigError, match=r"no episode .* succeeded"):
         build_job(_value_config(ds, **{"data.success_only": True}), tmp_path / "run", resuming=False)
