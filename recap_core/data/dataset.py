@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -501,4 +502,7 @@ def write_episode(
             frame.update(labels.frame(t))
         frame["task"] = tasks if isinstance(tasks, str) else str(tasks[t])
         ds.add_frame(frame)
-    ds.save_episode()
+    # lerobot encodes the cameras of an episode in a forked process pool. Forking a process in
+    # which JAX has started (a library user's notebook, our tests) can deadlock, so encode in
+    # this process there; the CLI's converters never import JAX and keep the parallel encoding.
+    ds.save_episode(parallel_encoding="jax" not in sys.modules)
