@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recap_core.demo import FULL_ROWS, STAGES, _unboxed
+from recap_core.demo import CORE_ROWS, FULL_ROWS, PLANS, STAGES, DemoRunner, _unboxed
 from tests.conftest import run_recap
 
 
@@ -83,3 +83,23 @@ def test_pool_summaries_adds_successes_steps_and_wilson_intervals():
     assert row["mean_steps_to_success"] == (2 * 60 + 6 * 70) / 8
     assert row["mistake_rates"] == {"drop": 0.5, "idle": 0.0}
     assert pooled["seeds"] == [0, 1] and pooled["minutes"] == {"0": 1.0, "1": 2.0}
+
+
+def test_full_plan_rows_are_wired_to_their_runs_and_flags(tmp_path: Path):
+    """Each row is evaluated from the right run with the right flags, all on the same scenes."""
+    runner = DemoRunner(tmp_path, PLANS["full"], seed=3, log=lambda _: None)
+    calls: list[tuple] = []
+    runner.recap = lambda *args, json_out=False: calls.append(args) or {}
+    seen = {}
+    for row in FULL_ROWS:
+        runner.evaluate(row)
+        seen[row] = calls.pop()
+    assert PLANS["full"].rows == FULL_ROWS and PLANS["default"].rows == CORE_ROWS
+    assert seen["expert"][:2] == ("eval", "--expert")
+    assert seen["stage6_cfg"][1:4] == ("runs/stage6", "--cfg-beta", 2.0)
+    assert seen["stage6_negative"][1:4] == ("runs/stage6", "--adv-ind", "negative")
+    for row in ("sft_careful", "stage6_truth", "sft", "filtered_bc"):
+        assert seen[row][1] == f"runs/{row}" and "--indicator-effect" not in seen[row]
+    for row in FULL_ROWS:
+        args = seen[row]
+        assert args[args.index("--seed") + 1] == 20_003 and args[args.index("--task") + 1] == "handover-easy"
