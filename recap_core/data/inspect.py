@@ -98,7 +98,8 @@ def inspect_dataset(root: str | Path) -> dict[str, Any]:
         "problems": problems,
     }
     if schema.REWARD in cols and len(starts):
-        success = cols[schema.REWARD][ends - 1] > 0
+        success = np.array(list(schema.episode_success(episode, table.column("frame_index").to_numpy(),
+                                                       cols[schema.REWARD]).values()))
         report["successful_episodes"] = int(success.sum())
         report["success_rate"] = float(success.mean())
     if schema.INTERVENTION in cols and len(episode):

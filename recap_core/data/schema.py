@@ -111,6 +111,15 @@ def task_t_max(lengths: Sequence[int], task_ids: Sequence, t_max: int | Mapping 
     return out
 
 
+def episode_success(episode_index: np.ndarray, frame_index: np.ndarray, reward: np.ndarray) -> dict[int, bool]:
+    """Per episode (ascending): whether its last frame has reward > 0, this schema's success marker."""
+    episode_index, frame_index, reward = (np.asarray(a).reshape(-1) for a in (episode_index, frame_index, reward))
+    order = np.lexsort((frame_index, episode_index))
+    ep = episode_index[order]
+    last = np.r_[ep[1:] != ep[:-1], True] if ep.size else np.zeros(0, dtype=bool)
+    return {int(e): bool(r > 0) for e, r in zip(ep[last], reward[order][last], strict=True)}
+
+
 def episode_labels(
     length: int,
     success: bool,

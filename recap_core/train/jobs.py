@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from recap_core.config import RunConfig, load_run_config
 from recap_core.data.actions import check_mask, delta_mask_from_names
@@ -27,7 +26,7 @@ from recap_core.data.dataset import (
     require_columns,
 )
 from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
-from recap_core.data.schema import REWARD
+from recap_core.data.schema import REWARD, episode_success
 from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
 from recap_core.errors import ConfigError
 from recap_core.train.init import init_run
@@ -221,15 +220,14 @@ def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | 
 
 
 def _successful(info: DatasetInfo, lengths: dict[int, int]) -> dict[int, int]:
-    """The episodes whose last frame has reward 1 (the schema's success marker)."""
+    """The episodes that succeeded (schema.episode_success: last frame's reward > 0)."""
     require_columns(info, [REWARD], stage="--success-only")
-    table = read_table(info, ["episode_index", REWARD])
-    episodes = np.asarray(column_array(table, "episode_index")).reshape(-1)
-    reward = np.asarray(column_array(table, REWARD), np.float64).reshape(-1)
-    won = {int(e) for e in np.unique(episodes[reward >= 1.0])}
-    kept = {e: n for e, n in lengths.items() if e in won}
+    table = read_table(info, ["frame_index", REWARD])
+    won = episode_success(column_array(table, "episode_index"), column_array(table, "frame_index"),
+                          column_array(table, REWARD))
+    kept = {e: n for e, n in lengths.items() if won.get(e)}
     if not kept:
-        raise ConfigError(f"--success-only: no episode of {info.root} succeeded (no frame with reward 1)",
+        raise ConfigError(f"--success-only: no episode of {info.root} succeeded (no episode whose last frame has reward > 0)",
                           fix="train on all episodes, or add successful ones")
     return kept
 
