@@ -63,18 +63,14 @@ def label(
     """
     from recap_core.label.advantage import check_lookahead
     from recap_core.label.checkpoint import resolve_value_checkpoint
-    from recap_core.label.pipeline import LabelOptions, label_dataset
+    from recap_core.label.pipeline import LabelOptions, check_demos, label_dataset
     from recap_core.label.predict import parse_shard
     from recap_core.label.threshold import check_top_percent
 
     # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.
     check_top_percent(top_percent)
     check_lookahead(lookahead)
-    if demos not in ("positive", "value"):
-        from recap_core.errors import ConfigError
-
-        raise ConfigError(f"--demos {demos!r} is not 'positive' or 'value'",
-                          fix="pass --demos positive (the default) or --demos value")
+    check_demos(demos)
     shard_spec = parse_shard(shard)
     ckpt = resolve_value_checkpoint(checkpoint)
     # Feed the value model the cameras it was trained on unless told otherwise.

@@ -56,6 +56,14 @@ def episode_order(episode_index: np.ndarray, frame_index: np.ndarray) -> np.ndar
     return order
 
 
+def episode_groups(episode_index: np.ndarray, frame_index: np.ndarray) -> list[np.ndarray]:
+    """The rows of each episode in frame order, episodes ascending (validated as episode_order)."""
+    order = episode_order(episode_index, frame_index)
+    episodes = episode_index[order]
+    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
+    return np.split(order, starts[1:])
+
+
 def episode_bounds(sorted_episode_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For frames sorted by episode: each frame's episode start and end (exclusive) position."""
     n = sorted_episode_index.size

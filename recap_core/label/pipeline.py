@@ -24,13 +24,13 @@ from recap_core.data.dataset import (
     require_columns,
 )
 from recap_core.data.schema import INTERVENTION, REWARD_LABEL, VALUE_LABEL
-from recap_core.errors import DatasetError, RecapError
+from recap_core.errors import ConfigError, DatasetError, RecapError
 from recap_core.fsutil import check_output
 from recap_core.label.advantage import DEFAULT_LOOKAHEAD, check_lookahead, n_step_advantage
 from recap_core.label.cache import PredictionCache, default_cache_dir, identity
 from recap_core.label.predict import LoadFn, PredictFn, needed_mask, predict_values, shard_episodes
 from recap_core.label.relabel import FrameLabels, default_output, relabel_in_place, write_labelled_copy
-from recap_core.label.threshold import DEFAULT_TOP_PERCENT, binarise, check_top_percent
+from recap_core.label.threshold import DEFAULT_TOP_PERCENT, binarise, check_top_percent, skipped_episodes
 
 STAGE = "recap value label"
 DEMO_MODES = ("positive", "value")
@@ -107,13 +107,19 @@ def read_frames(info: DatasetInfo) -> Frames:
     return frames
 
 
+def check_demos(mode: str) -> str:
+    """Validate `--demos` (how demo episodes are labelled)."""
+    if mode not in DEMO_MODES:
+        raise ConfigError(f"--demos {mode!r} is not one of {', '.join(DEMO_MODES)}",
+                          fix="pass --demos positive (demos labelled positive by rule) or --demos value")
+    return mode
+
+
 def _demos_as_labelled(frames: Frames) -> np.ndarray:
     """The intervention flags with every frame of a demo episode (all frames human) cleared, so the
     value model labels demos like autonomous frames; corrections inside rollouts stay positive."""
-    episodes, inverse = np.unique(frames.episode_index, return_inverse=True)
-    autonomous_per_ep = np.bincount(inverse, weights=frames.intervention == 0, minlength=episodes.size)
-    demo_rows = autonomous_per_ep[inverse] == 0
-    return np.where(demo_rows, 0, frames.intervention)
+    demos = skipped_episodes(frames.intervention, frames.episode_index)
+    return np.where(np.isin(frames.episode_index, demos), 0, frames.intervention)
 
 
 def resolve_cameras(info: DatasetInfo, cameras: Sequence[str] | None) -> tuple[str, ...]:
@@ -154,10 +160,7 @@ def label_dataset(
     cameras = resolve_cameras(info, options.cameras)
     output = _resolve_output(info, options)
     frames = read_frames(info)
-    if options.demos not in DEMO_MODES:
-        raise RecapError(f"--demos {options.demos!r} is not one of {', '.join(DEMO_MODES)}",
-                         fix="pass --demos positive (demos labelled positive by rule) or --demos value")
-    if options.demos == "value":
+    if check_demos(options.demos) == "value":
         frames = dataclasses.replace(frames, intervention=_demos_as_labelled(frames))
 
     needed = needed_mask(frames.intervention, frames.episode_index, frames.frame_index, lookahead)

@@ -66,17 +66,14 @@ def label_audit(root: Path, task: TaskSpec | str, seed: int, first_episode: int)
     """Audit the autonomous frames of episodes `first_episode`, ... of a labelled dataset, which are
     rollouts 0, 1, ... collected with `seed` (as `recap demo` merges them after its demos)."""
     from recap_core.data.dataset import column_array, open_dataset, read_table
-    from recap_core.label.advantage import episode_order
+    from recap_core.label.advantage import episode_groups
     from recap_core.label.report import spearman
 
     columns = ["observation.state", "action", "intervention", "adv_ind", "advantage", "frame_index"]
     table = read_table(open_dataset(Path(root)), columns)
     data = {c: column_array(table, c) for c in [*columns, "episode_index"]}
-    order = episode_order(data["episode_index"], data["frame_index"])  # by (episode, frame), validated
-    episodes = data["episode_index"][order]
-    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
     joints, gripper, labels, advantage = [], [], [], []
-    for sel in np.split(order, starts[1:]):
+    for sel in episode_groups(data["episode_index"], data["frame_index"]):  # by (episode, frame), validated
         episode = int(data["episode_index"][sel[0]])
         if episode < first_episode:
             continue

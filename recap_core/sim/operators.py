@@ -73,10 +73,6 @@ OPERATORS = {
 }
 
 
-def operator_index(name: str) -> int:
-    return list(OPERATORS).index(name)
-
-
 def mistake_kind(env: HandoverEnv, action: np.ndarray, expert: ScriptedExpert) -> str:
     """Which mistake (MISTAKES) this action is in this scene; "none" for a sound action."""
     action = np.asarray(action, np.float64)

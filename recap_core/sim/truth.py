@@ -63,14 +63,11 @@ def read_truth(raw_dirs: Sequence[Path]) -> list[tuple[str, np.ndarray]]:
 
 def _episodes(root: Path, columns: list[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     from recap_core.data.dataset import column_array, open_dataset, read_table
-    from recap_core.label.advantage import episode_order
+    from recap_core.label.advantage import episode_groups
 
     table = read_table(open_dataset(Path(root)), [*columns, "frame_index"])
     data = {c: np.asarray(column_array(table, c)) for c in [*columns, "frame_index", "episode_index", "index"]}
-    order = episode_order(data["episode_index"], data["frame_index"])
-    episodes = data["episode_index"][order]
-    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
-    return data, np.split(order, starts[1:])
+    return data, episode_groups(data["episode_index"], data["frame_index"])
 
 
 def _aligned(truth: list[tuple[str, np.ndarray]], groups: list[np.ndarray], root: Path) -> None:
