@@ -7,8 +7,8 @@ them in a shell script (see `examples/recap_round.sh`):
     -> serve + DAgger rollouts -> convert -> merge -> filtered BC (sft --success-only)
     -> finetune (Stage 3) -> value train -> value label (demos too) -> label quality against the
     sim's ground truth -> finetune (Stage 6) -> closed-loop eval of every row on the same scenes
-    (+ Stage 6 asked for "negative": the indicator check; --plan full adds the expert, SFT on the
-    careful operator alone, Stage 6 on ground-truth labels and Stage 6 with CFG)
+    (+ Stage 6 asked for "negative": the indicator check; --plan full adds the expert, Stage 6 on
+    ground-truth labels and Stage 6 with CFG)
 
 Rollouts go through `recap serve` and the openpi websocket protocol. Each finished stage is
 recorded in `<workdir>/demo_state.json`, so rerunning the demo continues where it stopped.
@@ -32,13 +32,12 @@ from recap_core.errors import ConfigError, OutputExistsError, RecapError
 TASK = "handover-easy"
 # Policies in the summary table, in order. The core rows run in every plan, the rest in --plan full.
 CORE_ROWS = ("sft", "filtered_bc", "stage3", "stage6", "stage6_negative")
-FULL_ROWS = ("expert", "sft_careful", *CORE_ROWS, "stage6_truth", "stage6_cfg")
+FULL_ROWS = ("expert", *CORE_ROWS, "stage6_truth", "stage6_cfg")
 STAGES = ("sft", "stage3", "stage6")  # the trained RECAP stages (kept for scripts reading the summary)
 CONDITIONED = ("stage3", "stage6")  # the pi0.6 stages, which read the advantage indicator
 INDICATOR_STATES = 32  # expert-visited states for `recap eval --indicator-effect`
 ROW_LABELS = {
     "expert": "scripted expert (careful operator)",
-    "sft_careful": "SFT on the careful operator's demos only",
     "sft": "SFT on all demos (pi0.5, the baseline)",
     "filtered_bc": "SFT on successful episodes only (filtered BC)",
     "stage3": "Stage 3 (pi0.6, converter labels)",
@@ -63,7 +62,7 @@ def operator_rule():
 @dataclass(frozen=True)
 class DemoPlan:
     """Sizes of one demo run. `fast` is the CI smoke run; `default` the README's main job; `full`
-    adds the control rows (expert, careful-only SFT, ground-truth labels, CFG)."""
+    adds the control rows (expert, ground-truth labels, CFG)."""
 
     demos: int
     rollouts: int
@@ -154,11 +153,12 @@ class DemoRunner:
         return json.loads(proc.stdout) if json_out else None
 
     # ------------------------------------------------------------------ stages
-    def collect_demos(self, name: str, operators: str) -> dict[str, Any]:
+    def collect_demos(self) -> dict[str, Any]:
         from recap_core.sim.collect import collect_demos
         from recap_core.sim.operators import OperatorMix
 
-        res = collect_demos(TASK, self.plan.demos, self.seed, self.work / "raw" / name, overwrite=True,
+        operators = self.plan.operators
+        res = collect_demos(TASK, self.plan.demos, self.seed, self.work / "raw" / "demos", overwrite=True,
                             operators=OperatorMix.parse(operators))
         return {"episodes": self.plan.demos, "operators": operators, "success_rate": res.success_rate}
 
@@ -220,16 +220,11 @@ class DemoRunner:
 
         p = self.plan
         started = time.perf_counter()
-        self.stage("demos", lambda: self.collect_demos("demos", p.operators))
+        self.stage("demos", self.collect_demos)
         self.stage("convert demos", lambda: self.convert("demos", "demos"))
         # Joint deltas (openpi's ALOHA recipe): the finetunes inherit the convention from runs/sft.
         sft = ("--delta-actions",)
         self.stage("sft (Stage 2)", lambda: self.train(("sft",), "demos", "sft", "pi05-tiny", p.sft_steps, extra=sft))
-        if "sft_careful" in p.rows:  # item 2 of the design: is the policy competent on good demos?
-            self.stage("careful demos", lambda: self.collect_demos("careful", "careful"))
-            self.stage("convert careful demos", lambda: self.convert("careful", "careful"))
-            self.stage("sft on careful demos", lambda: self.train(("sft",), "careful", "sft_careful", "pi05-tiny",
-                                                                  p.sft_steps, extra=sft))
         self.stage("rollouts via recap serve", self.collect_rollouts)
         self.stage("convert rollouts", lambda: self.convert("rollouts", "rollouts"))
         self.stage("merge", lambda: self.recap("data", "merge", "data/demos", "data/rollouts", "--output",
@@ -329,7 +324,7 @@ def pool_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             "minutes": {str(s["seed"]): round(s.get("total_seconds", 0) / 60, 1) for s in summaries}}
 
 
-ROW_COLOURS = {"expert": "#444444", "sft_careful": "#aaaaaa", "sft": "#888888", "filtered_bc": "#b08040",
+ROW_COLOURS = {"expert": "#444444", "sft": "#888888", "filtered_bc": "#b08040",
                "stage3": "#4a90d9", "stage6": "#2e7d32", "stage6_negative": "#c62828", "stage6_truth": "#81c784",
                "stage6_cfg": "#1b5e20"}
 

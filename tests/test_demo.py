@@ -28,7 +28,7 @@ def test_demo_fast_produces_every_artifact(tmp_path: Path):
     labeled = json.loads((work / "data" / "round1_labeled" / "meta" / "info.json").read_text())
     assert {"value_pred", "advantage", "adv_ind"} <= set(labeled["features"])
     # A checkpoint, config and norm stats for every trained model.
-    for run in ("sft", "sft_careful", "filtered_bc", "stage3", "value", "stage6", "stage6_truth"):
+    for run in ("sft", "filtered_bc", "stage3", "value", "stage6", "stage6_truth"):
         assert (work / "runs" / run / "config.json").is_file(), run
         assert any((work / "runs" / run / "checkpoints").iterdir()), run
     assert json.loads((work / "runs" / "filtered_bc" / "config.json").read_text())["data"]["success_only"] is True
@@ -98,7 +98,7 @@ def test_full_plan_rows_are_wired_to_their_runs_and_flags(tmp_path: Path):
     assert seen["expert"][:2] == ("eval", "--expert")
     assert seen["stage6_cfg"][1:4] == ("runs/stage6", "--cfg-beta", 2.0)
     assert seen["stage6_negative"][1:4] == ("runs/stage6", "--adv-ind", "negative")
-    for row in ("sft_careful", "stage6_truth", "sft", "filtered_bc"):
+    for row in ("stage6_truth", "sft", "filtered_bc"):
         assert seen[row][1] == f"runs/{row}" and "--indicator-effect" not in seen[row]
     for row in FULL_ROWS:
         args = seen[row]
