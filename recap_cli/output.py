@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -53,12 +54,16 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 
 
 def error_panel(message: str, fix: str | None = None, title: str = "error") -> None:
-    body = message if not fix else f"{message}\n\n[bold]Fix:[/bold] {fix}"
+    """One red panel. The message and fix are plain text: paths and values from the user may hold
+    rich markup (`[/bold]`), which must be shown as typed, not parsed (and cannot break the panel)."""
+    body = Text(message)
+    if fix:
+        body.append("\n\nFix: ", style="bold").append(fix)
     err_console.print(Panel(body, title=f"[bold red]{title}[/bold red]", border_style="red", expand=False))
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}")
+    err_console.print(Text("warning: ", style="yellow").append(message))
 
 
 def info(message: str) -> None:

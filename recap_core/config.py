@@ -235,9 +235,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
         else:
             with path.open("rb") as f:
                 data = tomllib.load(f)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"run config file {path} cannot be parsed: {exc}", fix="correct its syntax") from exc
-    data = data.get("run", data)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"run config file {path} cannot be parsed: {exc}", fix="correct its syntax (UTF-8)") from exc
+    except OSError as exc:
+        raise ConfigError(f"run config file {path} cannot be read: {exc.strerror}",
+                          fix="check the path and its permissions") from exc
+    data = data.get("run", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"run config file {path}: expected a table of settings (or a [run] table), "
+                          f"got {type(data).__name__}", fix="write keys such as `steps = 100` under [run]")
     tree: dict[str, Any] = {}
     for dotted, value in _flatten(data):
         _set_dotted(tree, dotted, value, f"config file {path}")

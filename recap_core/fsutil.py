@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -13,16 +14,65 @@ from recap_core.errors import OutputExistsError, RecapError
 
 
 def check_output(out: Path, overwrite: bool, *, inputs: tuple[Path, ...] = ()) -> None:
-    """Refuse an existing output without --overwrite, and an output that is one of the inputs."""
+    """The one output-safety rule, checked before any work starts (with or without --overwrite).
+
+    Refused: an output that is an input, lies inside an input (it would write into it) or contains
+    an input (--overwrite would delete it); an output whose parent is a file or cannot be written;
+    an existing output without --overwrite.
+    """
     out = Path(out)
+    target = out.resolve()
     for src in inputs:
-        if out.resolve() == Path(src).resolve():
-            raise RecapError(
-                f"output {out} is the same as the input {src}",
-                fix="choose a different output directory (the input is never modified)",
-            )
+        source = Path(src).resolve()
+        if target == source:
+            raise RecapError(f"output {out} is the same as the input {src}",
+                             fix="choose a different output path (the input is never modified)")
+        if source in target.parents:
+            raise RecapError(f"output {out} lies inside the input {src}: writing it would change the input",
+                             fix=f"choose an output outside {src}")
+        if target in source.parents:
+            raise RecapError(f"output {out} contains the input {src}: replacing it would delete the input",
+                             fix=f"choose an output that does not contain {src}, e.g. a sibling directory")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise RecapError(f"cannot write output {out}: {parent} is a file, not a directory",
+                         fix="choose an output path whose parent is a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise RecapError(f"cannot write output {out}: the directory {parent} is not writable",
+                         fix="choose a writable location or fix its permissions")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output {out} already exists", fix="choose a new path or pass --overwrite")
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove the temporary siblings (`.NAME.tmp-PID-*`, `.NAME.old-PID`) that a killed writer of
+    `out` left behind; those of a process still running are kept. Returns what was removed."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = path.name[len(out.name) + len(kind) + 3:].split("-")[0]
+            if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -34,7 +84,8 @@ def atomic_output_dir(out: Path, overwrite: bool = False, *, inputs: tuple[Path,
     out = Path(out)
     check_output(out, overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     # mkdtemp makes the directory private (0700); the output is an ordinary directory.
     tmp.chmod(0o777 & ~_umask())
     try:
@@ -62,8 +113,11 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file through a temporary sibling + fsync + rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); the output is an ordinary file.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -77,10 +77,15 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}", fix="correct the syntax") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML (UTF-8): {exc}", fix="correct the syntax") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}", fix="check the path and its permissions") from exc
     # Accept either top-level keys or a [recap] table.
     data = data.get("recap", data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: `recap` must be a table of settings, not {type(data).__name__}",
+                          fix="write the settings under a [recap] header, e.g. [recap]\nruns_dir = \"runs\"")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ConfigError(

@@ -40,7 +40,7 @@ def stats(
     target = None
     if output is not None:
         target = output / "norm_stats.json" if output.is_dir() or not output.suffix else output
-        check_output(target, overwrite)
+        check_output(target, overwrite, inputs=(dataset,))
     with err_console.status(f"reading {dataset}"):
         result = compute_norm_stats(dataset, {"state": state_column, "actions": action_column})
     if target is not None:

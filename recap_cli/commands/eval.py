@@ -178,7 +178,7 @@ def eval_command(
         raise ConfigError("--cfg-beta needs the run's weights (guidance happens inside the sampler), not --server "
                           "or --expert", fix="pass the run directory, or start `recap serve RUN --cfg-beta B`")
     if video is not None:
-        check_output(video, overwrite)
+        check_output(video, overwrite, inputs=(run_or_ckpt,) if run_or_ckpt is not None else ())
     adv = adv_ind.value if adv_ind is not None else None
     effect = None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -24,6 +26,22 @@ class BuiltinPolicy(StrEnum):
     zeros = "zeros"
 
 
+# --max-message-mb: 1 KiB (the server's floor) to 4 GiB (far above any camera observation).
+MIN_MESSAGE_MB, MAX_MESSAGE_MB = 0.001, 4096.0
+
+
+def _max_message_bytes(max_message_mb: float) -> int:
+    from recap_core.errors import ServeError
+
+    if not (math.isfinite(max_message_mb) and MIN_MESSAGE_MB <= max_message_mb <= MAX_MESSAGE_MB):
+        raise ServeError(
+            f"--max-message-mb must be a number from {MIN_MESSAGE_MB:g} to {MAX_MESSAGE_MB:g} (MB), "
+            f"got {max_message_mb:g}",
+            fix="leave the default (64), or give the largest observation you send in MB, e.g. 16",
+        )
+    return max(1024, int(max_message_mb * 1024 * 1024))
+
+
 def _parse_action_shape(text: str | None) -> tuple[int, int]:
     from recap_core.errors import ServeError
 
@@ -38,7 +56,7 @@ def _parse_action_shape(text: str | None) -> tuple[int, int]:
     return horizon, dim
 
 
-def _make_policy(
+def _policy_loader(
     run_or_ckpt: Path | None,
     policy: BuiltinPolicy | None,
     action_shape: str | None,
@@ -48,7 +66,8 @@ def _make_policy(
     num_steps: int,
     seed: int,
     preflight: bool,
-) -> Policy:
+) -> Callable[[], Policy]:
+    """Check the arguments now (fast); the returned function runs the preflight and loads the policy."""
     from recap_core.errors import ServeError
 
     if policy is not None and run_or_ckpt is not None:
@@ -58,7 +77,8 @@ def _make_policy(
 
         if action_shape is None:
             raise ServeError("--policy zeros needs --action-shape H,D", fix="e.g. --action-shape 50,14")
-        return ZerosPolicy(*_parse_action_shape(action_shape))
+        zeros = ZerosPolicy(*_parse_action_shape(action_shape))
+        return lambda: zeros
     if run_or_ckpt is None:
         raise ServeError(
             "nothing to serve: give a run directory or --policy zeros",
@@ -76,12 +96,16 @@ def _make_policy(
         seed=seed,
     )
     checkpoint = resolve_checkpoint(run_or_ckpt)  # a wrong path fails here, before any slow check
-    if preflight:
-        from recap_core.doctor import preflight as run_preflight
 
-        preset = checkpoint.config.get("preset")
-        run_preflight("serve", preset=preset if isinstance(preset, str) else None, warn=warn)
-    return load_policy(checkpoint, options)
+    def load() -> Policy:
+        if preflight:
+            from recap_core.doctor import preflight as run_preflight
+
+            preset = checkpoint.config.get("preset")
+            run_preflight("serve", preset=preset if isinstance(preset, str) else None, warn=warn)
+        return load_policy(checkpoint, options)
+
+    return load
 
 
 def serve(
@@ -116,7 +140,10 @@ def serve(
         typer.Option("--api-key", envvar="RECAP_SERVE_API_KEY", help="Refuse clients without 'Authorization: Api-Key KEY'."),
     ] = None,
     max_message_mb: Annotated[
-        float, typer.Option("--max-message-mb", help="Largest request accepted; bigger ones close that connection.")
+        float,
+        typer.Option(
+            "--max-message-mb", help="Largest request accepted (0.001 to 4096); bigger ones close that connection."
+        ),
     ] = 64.0,
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the doctor checks.")] = False,
     as_json: Annotated[
@@ -132,19 +159,26 @@ def serve(
     Example:  recap serve runs/pi06-recap --port 8000   (or: recap serve --policy zeros --action-shape 50,14)
     """
     from recap_core.serve.client import health_url
-    from recap_core.serve.server import PolicyServer, ServerConfig
+    from recap_core.serve.server import PolicyServer, ServerConfig, bind_socket
 
     _log_requests_to_stderr()
 
     config = ServerConfig(
-        host=host, port=port, api_key=api_key, max_message_bytes=max(1024, int(max_message_mb * 1024 * 1024))
+        host=host, port=port, api_key=api_key, max_message_bytes=_max_message_bytes(max_message_mb)
     )
-    with err_console.status("loading and warming up the policy"):
-        served = _make_policy(
-            run_or_ckpt, policy, action_shape, default_adv_ind, require_adv_ind, cfg_beta, num_steps, seed,
-            not no_preflight,
-        )
-    server = PolicyServer(served, config)
+    load = _policy_loader(
+        run_or_ckpt, policy, action_shape, default_adv_ind, require_adv_ind, cfg_beta, num_steps, seed,
+        not no_preflight,
+    )
+    # Take the port before the preflight and the (maybe minutes-long) model load: a busy port fails at once.
+    sock = bind_socket(config.host, config.port)
+    try:
+        with err_console.status("loading and warming up the policy"):
+            served = load()
+        server = PolicyServer(served, config, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
 
     def ready(srv: PolicyServer) -> None:
         if as_json:

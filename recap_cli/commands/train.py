@@ -91,11 +91,10 @@ def run_training(
             preflight(DOCTOR_STAGE[stage], warn=warn, preset=config.preset, dataset=Path(config.dataset),
                       output_dir=run_dir, init=config.init)
     check_dataset(config)  # before anything compiles: say which stage's data is missing
-    if run_dir.exists() and not resume and not overwrite:
-        from recap_core.errors import OutputExistsError
+    if not resuming:
+        from recap_core.train.loop import check_run_dir
 
-        raise OutputExistsError(f"run directory {run_dir} already exists",
-                                fix="pass --resume to continue it, --overwrite to start over, or another --run-dir")
+        check_run_dir(run_dir, config, overwrite=overwrite)
     job = build_job(config, run_dir, resuming=resuming)
     result = _train_with_progress(job, config, run_dir, resume=resuming, overwrite=overwrite and not resuming,
                                   quiet=as_json)

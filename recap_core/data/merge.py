@@ -63,11 +63,11 @@ def merge_datasets(sources: list[Path], out: Path, *, overwrite: bool = False) -
     """Merge `sources` (v3.0 datasets, in order) into a new dataset at `out`; returns a summary."""
     if len(sources) < 2:
         raise DatasetError(f"merge needs at least two datasets, got {len(sources)}", fix="pass two or more dataset paths")
-    check_output(Path(out), overwrite, inputs=tuple(Path(s) for s in sources))  # fail fast, before reading anything
     resolved = [Path(s).resolve() for s in sources]
     if len(set(resolved)) != len(resolved):
         raise DatasetError("the same dataset is given twice", fix="pass each dataset once")
-    infos = [open_dataset(s) for s in sources]
+    infos = [open_dataset(s) for s in sources]  # only metadata: a path that is no dataset says so first
+    check_output(Path(out), overwrite, inputs=tuple(Path(s) for s in sources))  # before any work
     for info in infos:
         validate_dataset(info)
     check_compatible(infos)

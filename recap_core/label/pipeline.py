@@ -249,6 +249,12 @@ def label_dataset(
 
 
 def _resolve_output(info: DatasetInfo, options: LabelOptions) -> Path | None:
+    if options.report_dir is not None:  # checked now, not after the labelled dataset is written
+        report = Path(options.report_dir)
+        if report.exists() and not report.is_dir():
+            raise RecapError(f"--report {report} is a file; the report is a directory of plots and JSON",
+                             fix="pass a directory path (it is created if missing)")
+        check_output(report, True, inputs=(info.root,))
     if options.in_place:
         if options.output is not None:
             raise RecapError("--output and --in-place were both given", fix="pass one of them (the default is a new dataset)")

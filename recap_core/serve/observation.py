@@ -10,6 +10,7 @@ A request looks like openpi's ALOHA example, plus RECAP's advantage indicator::
 and becomes the batch contract of docs/internals.md with a leading dim of 1 (images resized
 to the model resolution, a mask per camera). Every problem raises `RequestError` naming the
 key, what was expected and what to send instead; the server turns it into an error reply.
+Client-supplied names and values are quoted short (`describe_names`, `clip`), whatever is sent.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from recap_core.data.loader import resize_with_pad
 from recap_core.errors import RecapError
+from recap_core.serve.protocol import clip, describe_names
 
 ADV_IND_VALUES = ("positive", "negative", "none")
 # The ALOHA/YAM camera names, in openpi's order (base view, left wrist, right wrist).
@@ -86,7 +88,7 @@ def prepare_observation(obs: Any, spec: ObservationSpec) -> dict[str, Any]:
     extra = sorted(keys - REQUEST_KEYS)
     if extra:
         raise RequestError(
-            f"observation has unexpected keys {extra}; expected {sorted(REQUEST_KEYS)}",
+            f"observation has unexpected keys {describe_names(extra)}; expected {sorted(REQUEST_KEYS)}",
             fix="send images nested under 'images' (e.g. images['cam_high']) and drop other keys",
         )
     obs = {_key_text(k): v for k, v in obs.items()}
@@ -125,7 +127,10 @@ def _key_text(key: Any) -> str:
 
 
 def _prepare_state(value: Any, spec: ObservationSpec) -> np.ndarray:
-    state = np.asarray(value) if isinstance(value, np.ndarray | list | tuple) else None
+    try:
+        state = np.asarray(value) if isinstance(value, np.ndarray | list | tuple) else None
+    except (ValueError, TypeError, OverflowError):  # ragged or otherwise unconvertible lists
+        state = None
     if state is None or state.dtype.kind not in "biuf":
         raise RequestError(
             f"'state' must be a numeric array float[{spec.state_dim}], got {type(value).__name__}",
@@ -152,7 +157,7 @@ def _prepare_images(value: Any, spec: ObservationSpec) -> tuple[dict[str, np.nda
     unknown = sorted(set(given) - set(spec.cameras) - spec.ignored_cameras)
     if unknown:
         raise RequestError(
-            f"'images' has unknown cameras {unknown}; this policy reads {list(spec.cameras)}",
+            f"'images' has unknown cameras {describe_names(unknown)}; this policy reads {list(spec.cameras)}",
             fix="rename the cameras to the run's camera keys or drop the extra ones",
         )
     if not any(cam in given for cam in spec.cameras):
@@ -186,6 +191,11 @@ def _to_hwc_uint8(value: Any, cam: str) -> np.ndarray:
     # [3, H, 3] reads as HWC, like lerobot frames.
     if image.shape[-1] != 3:
         image = np.moveaxis(image, 0, -1)
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise RequestError(
+            f"images['{cam}'] has shape {list(value.shape)}: height and width must be at least 1 pixel",
+            fix="send the camera frame itself, or leave the camera out (it is then fed as black, masked out)",
+        )
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
     if image.dtype.kind == "f":
@@ -224,9 +234,9 @@ def _prepare_adv_ind(value: Any, spec: ObservationSpec) -> str:
         return spec.default_adv_ind or "none"
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
-    if value not in ADV_IND_VALUES:
+    if not isinstance(value, str) or value not in ADV_IND_VALUES:
         raise RequestError(
-            f"'adv_ind' is {value!r}, expected one of {list(ADV_IND_VALUES)}",
+            f"'adv_ind' is {clip(repr(value))}, expected one of {list(ADV_IND_VALUES)}",
             fix="send adv_ind='positive' to ask for the improved behaviour",
         )
     return value

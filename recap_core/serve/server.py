@@ -5,15 +5,19 @@ Wire contract (same as openpi's `WebsocketPolicyServer`, so unchanged openpi cli
 - each request is one binary msgpack-numpy observation, each reply one binary frame with the
   policy output plus `server_timing` {infer_ms, prev_total_ms (from the 2nd request on)};
 - an error is sent as a TEXT frame; openpi's client raises `RuntimeError` with that text.
-  A bad request (our `RecapError`s: malformed msgpack, missing key, wrong shape) keeps the
-  connection open, so a client that catches the error can fix its observation and go on; a
-  bug inside the policy sends the traceback and closes with 1011, as openpi does.
+  A bad request (our `RecapError`s: malformed or oversized msgpack, missing key, wrong shape)
+  keeps the connection open, so a client that catches the error can fix its observation and go
+  on; a bug inside the policy closes with 1011, as openpi does. Error texts are short and never
+  carry a traceback or a server path: a policy bug is named by its exception type and clipped
+  message, and its traceback goes to the server log only.
 - `GET /healthz` answers 200 "OK" (503 while draining).
 
-Inference runs on a small worker pool behind a bounded queue, so the event loop keeps
-answering health checks, handshakes and other clients during a slow inference. The policy is
-warmed up before the port opens. `stop()` (SIGTERM/SIGINT in `run`) stops accepting, lets
-in-flight requests finish and reply, then closes every connection with 1001 (going away).
+Requests are decoded (bounded, see `protocol`) on a helper thread and inferred on a small
+worker pool behind a bounded queue, so the event loop keeps answering health checks,
+handshakes and other clients during a big message or a slow inference. The port is bound
+first (a busy port fails at once), the policy is warmed up, and only then does it listen.
+`stop()` (SIGTERM/SIGINT in `run`) stops accepting, lets in-flight requests finish and reply,
+then closes every connection with 1001 (going away).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import hmac
 import logging
+import os
+import re
 import signal
+import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -52,6 +59,43 @@ class ShuttingDownError(RecapError):
     """The server is draining and takes no new requests."""
 
 
+MAX_ERROR_CHARS = 1000  # an error frame never echoes more than this of any message
+# Absolute filesystem paths (POSIX or Windows, two or more components), not URLs or 'a/b' words.
+_PATH_PART = r"""[^\s'"/\\:,;()<>\[\]]"""
+_PATH = re.compile(rf"(?<![\w.:/\\])(?:[A-Za-z]:|~)?[/\\](?:{_PATH_PART}+[/\\])+{_PATH_PART}*")
+
+
+def client_text(text: str) -> str:
+    """`text` as it may be sent to a client: server paths replaced by <path>, clipped."""
+    return protocol.clip(_PATH.sub("<path>", text), MAX_ERROR_CHARS)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind (but do not yet listen on) host:port, so a busy port is reported before a slow model load."""
+    where = f"cannot listen on {host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServeError(f"{where}: {exc.strerror or exc}", fix="give --host as an address of this machine, "
+                         "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (all interfaces)") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name == "posix":  # as asyncio does: rebind at once after a restart (TIME_WAIT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fix = "choose another --port or stop the process using it"
+        elif exc.errno == errno.EACCES:
+            fix = "ports below 1024 need privileges: choose another --port, e.g. 8000"
+        else:
+            fix = "give --host as an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        raise ServeError(f"{where}: {exc.strerror or exc}", fix=fix) from exc
+    return sock
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # loopback unless the operator asks otherwise
@@ -73,11 +117,18 @@ class ServerConfig:
 
 
 class PolicyServer:
-    """Serves one `Policy` over websockets; `run()` blocks, `ServerThread` runs it in the background."""
+    """Serves one `Policy` over websockets; `run()` blocks, `ServerThread` runs it in the background.
 
-    def __init__(self, policy: Policy, config: ServerConfig | None = None) -> None:
+    `sock`: a socket from `bind_socket(config.host, config.port)`, bound before the policy was
+    loaded; the server listens on it (and closes it). Without one, `serve` binds the port itself.
+    """
+
+    def __init__(
+        self, policy: Policy, config: ServerConfig | None = None, *, sock: socket.socket | None = None
+    ) -> None:
         self.policy = policy
         self.config = config or ServerConfig()
+        self._sock = sock
         try:
             self._metadata_frame = protocol.packb(dict(policy.metadata))
         except (TypeError, ValueError) as exc:
@@ -117,14 +168,16 @@ class PolicyServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="recap-infer"
         )
+        sock, self._sock = self._sock, None
         try:
+            if sock is None:
+                sock = bind_socket(self.config.host, self.config.port)  # a busy port fails before warm-up
             # Compile + first run before any client can connect.
             await self._loop.run_in_executor(self._executor, warm_up, self.policy)
             try:
                 server_cm = serve(
                     self._handle,
-                    self.config.host,
-                    self.config.port,
+                    sock=sock,
                     compression=None,
                     max_size=self.config.max_message_bytes,
                     process_request=self._process_request,
@@ -133,10 +186,11 @@ class PolicyServer:
             except OSError as exc:
                 raise ServeError(
                     f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
-                    fix="choose another --port (or stop the process using it)",
+                    fix="choose another --port or stop the process using it",
                 ) from exc
+            sock = None  # the server owns (and closes) it now
             try:
-                self.port = server.sockets[0].getsockname()[1] if self.config.port == 0 else self.config.port
+                self.port = server.sockets[0].getsockname()[1]
                 logger.debug("serving %s", self.url)
                 if on_ready is not None:
                     on_ready(self)
@@ -145,6 +199,8 @@ class PolicyServer:
             finally:
                 await server_cm.__aexit__(None, None, None)
         finally:
+            if sock is not None:
+                sock.close()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
@@ -197,14 +253,18 @@ class PolicyServer:
                     await ws.close(CloseCode.GOING_AWAY, "server shutting down")
                     return
                 except RecapError as exc:
-                    # The client's mistake: say what is wrong and keep serving this client.
-                    logger.info("bad request from %s: %s", ws.remote_address, exc.message)
-                    await ws.send(f"recap serve: bad request: {exc}")
+                    # The client's mistake: say what is wrong (briefly) and keep serving this client.
+                    text = client_text(exc.message)
+                    logger.info("bad request from %s: %s", ws.remote_address, text)
+                    fix = f"\nFix: {client_text(exc.fix)}" if exc.fix else ""
+                    await ws.send(f"recap serve: bad request: {text}{fix}")
                     continue
-                except Exception:
+                except Exception as exc:
+                    # A bug: the traceback goes to the server log only; the client learns what failed.
                     logger.exception("policy failed on a request from %s", ws.remote_address)
-                    await ws.send(traceback.format_exc())
-                    await ws.close(CloseCode.INTERNAL_ERROR, "Internal server error. Traceback included in previous frame.")
+                    detail = client_text(protocol.clip(f"{type(exc).__name__}: {exc}", 300))
+                    await ws.send(f"recap serve: internal error in the policy ({detail}); see the server log")
+                    await ws.close(CloseCode.INTERNAL_ERROR, "Internal server error; see the server log.")
                     return
                 await ws.send(reply)
                 prev_total_ms = (time.perf_counter() - received) * 1000.0
@@ -219,10 +279,7 @@ class PolicyServer:
                 "got a text frame; requests are binary msgpack-numpy frames",
                 fix="pack observations with openpi_client.msgpack_numpy.packb",
             )
-        obs = protocol.unpackb(message)
-        if not isinstance(obs, dict):
-            raise protocol.ProtocolError(f"a request must be a msgpack map (dict), got {type(obs).__name__}")
-        result, infer_ms = await self._infer(obs)
+        result, infer_ms = await self._infer(message)
         if not isinstance(result, dict):
             raise TypeError(f"policy.infer returned {type(result).__name__}, expected a dict")
         timing = {"infer_ms": infer_ms, "queue_ms": (time.perf_counter() - received) * 1000.0 - infer_ms}
@@ -230,7 +287,7 @@ class PolicyServer:
             timing["prev_total_ms"] = prev_total_ms
         return protocol.packb({**result, "server_timing": timing})
 
-    async def _infer(self, obs: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    async def _infer(self, message: bytes) -> tuple[dict[str, Any], float]:
         if self._queued >= self.config.max_queue:
             raise ServerBusyError(
                 f"{self._queued} requests are already waiting for the policy",
@@ -240,6 +297,8 @@ class PolicyServer:
         self._queued += 1
         self._idle.clear()
         try:
+            # Decoding is bounded but not free (up to max_message_bytes): keep it off the event loop.
+            obs = await asyncio.to_thread(protocol.decode_request, message)
             return await self._loop.run_in_executor(self._executor, _timed_infer, self.policy, obs)
         finally:
             self._queued -= 1

@@ -19,7 +19,7 @@ import numpy as np
 
 from recap_core.config import RunConfig
 from recap_core.errors import CheckpointError, OutputExistsError
-from recap_core.fsutil import atomic_output_dir
+from recap_core.fsutil import atomic_output_dir, check_output
 from recap_core.train.checkpoint import RunCheckpoints, checkpoint_bytes
 from recap_core.train.init import TaskFactory, build_parts, check_base, init_run
 from recap_core.train.metrics import MetricsLog
@@ -75,6 +75,21 @@ class TrainResult:
     steps_per_s: float
 
 
+def check_run_dir(run_dir: Path, config: RunConfig, *, overwrite: bool) -> None:
+    """A new run directory must not exist (unless --overwrite) and must neither hold nor lie inside
+    the dataset or the --init run: replacing it would delete them, writing it would change them."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise OutputExistsError(
+            f"run directory {run_dir} already exists",
+            fix="pass --resume to continue it, --overwrite to start over, or choose another --run-dir",
+        )
+    inputs = [Path(config.dataset)]
+    if config.init not in ("random", "base") and Path(config.init).exists():
+        inputs.append(Path(config.init))
+    check_output(run_dir, True, inputs=tuple(inputs))
+
+
 def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | bytes], *, resume: bool, overwrite: bool) -> bool:
     """Create (or, with --resume, reuse) the run directory. Returns True when resuming."""
     run_dir = Path(run_dir)
@@ -84,11 +99,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | by
                 f"--resume: {run_dir} is not a recap run (no config.json)", fix="pass the run's --run-dir"
             )
         return True
-    if run_dir.exists() and not overwrite:
-        raise OutputExistsError(
-            f"run directory {run_dir} already exists",
-            fix="pass --resume to continue it, --overwrite to start over, or choose another --run-dir",
-        )
+    check_run_dir(run_dir, config, overwrite=overwrite)
     if jax.process_index() == 0:
         with atomic_output_dir(run_dir, overwrite=overwrite) as tmp:
             (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
