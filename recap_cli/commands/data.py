@@ -74,7 +74,9 @@ def inspect(
     """What a dataset holds and which stages it is ready for (and why not).
 
     Episodes, frames, fps, features, cameras, tasks, success rate, intervention fraction,
-    adv_ind counts, value_label range and validation problems; reads no video.
+    adv_ind counts, value_label range and validation problems (bad column values by episode and
+    frame, unreadable video files by path; a dataset with problems is not ready for training). Of
+    the videos it decodes only each file's first frame.
 
     Example:  recap data inspect ./towels --json
     """

@@ -6,12 +6,14 @@ Input layout (one file per episode, `RAW_DIR/episode_<k>.hdf5`, taken in order o
     /observations/images/<camera>   uint8 [T, H, W, 3] -> observation.images.<camera> (video)
     /action                         float [T, A]   -> action
     /intervention                   int/bool [T]   -> intervention (optional; default 0 = autonomous)
-    root attrs: success (bool, default True), task (str, overrides --task for that episode)
+    root attrs: success (bool, 0/1 or "true"/"false"; default True), task (non-empty str, overrides
+                --task for that episode)
     qpos / action attrs: names (str [S] / [A], optional) -> the features' per-dim names; without
     them a 14-D robot gets ALOHA's joint names (lerobot's aloha datasets), others none.
 
-Every file is checked (shapes, cameras, NaN/inf, empty episodes) before anything is written, so a
-bad episode stops the conversion up front with its file name.
+Every file is checked (shapes, cameras, NaN/inf in every float dataset, the success and task
+attributes, empty episodes) before anything is written, so a bad episode stops the conversion up
+front with its file name.
 """
 
 from __future__ import annotations
@@ -88,6 +90,73 @@ def _attr_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _attr_scalar(value: Any) -> Any:
+    """An attribute stored as a one-element array (some writers do) as its element."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.reshape(-1)[0]
+    return value
+
+
+def _attr_bool(value: Any, path: Path, name: str) -> bool:
+    """A bool-like HDF5 attribute, parsed explicitly: `bool("False")` is True, so strings are not cast.
+
+    Allowed: bools (Python or numpy), the integers 0 / 1, and the strings "true" / "false" in any
+    case (str or bytes). Anything else is a DatasetError naming the file and the attribute.
+    """
+    value = _attr_scalar(value)
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str | bytes):
+        try:
+            text = _attr_str(value).strip().lower()
+        except UnicodeDecodeError:
+            text = None
+        if text in ("true", "false"):
+            return text == "true"
+    raise DatasetError(
+        f"{path}: attribute {name!r} is {value!r} ({type(value).__name__}); expected a boolean "
+        '(True/False, 1/0, or the string "true"/"false")',
+        fix=f"store it as a bool, e.g. with h5py: f.attrs[{name!r}] = False",
+    )
+
+
+def _attr_task(value: Any, path: Path) -> str:
+    """The `task` attribute as text; empty or whitespace-only text is refused like `--task ""`."""
+    value = _attr_scalar(value)
+    try:
+        task = _attr_str(value)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: attribute 'task' is not UTF-8 text ({exc})", fix="store the task as UTF-8 text") from exc
+    if not isinstance(value, str | bytes):
+        raise DatasetError(
+            f"{path}: attribute 'task' is {value!r} ({type(value).__name__}); expected the task text",
+            fix='store the task as text, e.g. f.attrs["task"] = "fold the towel", or delete the attribute to use --task',
+        )
+    if not task.strip():
+        raise DatasetError(
+            f"{path}: attribute 'task' is empty ({value!r}); an episode's task attribute overrides --task",
+            fix='store the task text, e.g. f.attrs["task"] = "fold the towel", or delete the attribute so --task is used',
+        )
+    return task
+
+
+def _check_all_finite(f: Any, path: Path, rows: int = 4096) -> None:
+    """NaN/inf in ANY float dataset of the file (qpos, qvel, effort, action, rewards, ...) is
+    refused, naming the dataset key and the first bad frame; read `rows` frames at a time."""
+    import h5py
+
+    floats: list[Any] = []
+    f.visititems(lambda _, obj: floats.append(obj) if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fc" else None)
+    for ds in floats:
+        if ds.ndim == 0 or ds.size == 0:
+            check_finite(ds.name, ds[()], str(path))
+            continue
+        for start in range(0, ds.shape[0], rows):
+            check_finite(ds.name, ds[start : start + rows], str(path), first_frame=start)
+
+
 def _dataset(f, key: str, path: Path, ndim: int):
     if key not in f:
         raise DatasetError(f"{path} has no {key} dataset", fix="write episodes in the ALOHA layout (see `recap convert aloha-hdf5 --help`)")
@@ -126,8 +195,7 @@ def scan_episode(path: Path, default_task: str) -> RawEpisode:
                     fix="store raw RGB frames (decode JPEG-compressed episodes first)",
                 )
             cameras[cam] = tuple(images.shape[1:])
-        check_finite("/observations/qpos", qpos[()], str(path))
-        check_finite("/action", action[()], str(path))
+        _check_all_finite(f, path)
         if "/intervention" in f:
             flags = np.asarray(f["/intervention"][()]).reshape(-1)
             if flags.shape[0] != length or not np.isin(flags, (0, 1)).all():
@@ -135,8 +203,9 @@ def scan_episode(path: Path, default_task: str) -> RawEpisode:
             intervention = flags.astype(np.int64)
         else:
             intervention = np.zeros(length, dtype=np.int64)
-        success = bool(f.attrs.get("success", True))
-        task = _attr_str(f.attrs["task"]) if "task" in f.attrs else default_task
+        success = _attr_bool(f.attrs["success"], path, "success") if "success" in f.attrs else True
+        # The episode's own task attribute overrides --task (the default for files without one).
+        task = _attr_task(f.attrs["task"], path) if "task" in f.attrs else default_task
         state_names = _dim_names(qpos, qpos.shape[1], path)
         action_names = _dim_names(action, action.shape[1], path)
     return RawEpisode(path, length, cameras, qpos.shape[1], action.shape[1], has_qvel, success, task, intervention,
@@ -180,6 +249,7 @@ def convert_aloha_hdf5(
         raise DatasetError(f"--fps {fps} must be positive", fix="pass the recording rate, e.g. --fps 50")
     if not task.strip():
         raise DatasetError("--task is empty", fix='describe the task, e.g. --task "fold the towel"')
+    failure_penalty = schema.check_failure_penalty(failure_penalty)
     check_output(Path(out), overwrite, inputs=(Path(raw_dir),))  # fail fast, before reading anything
     files = episode_files(raw_dir)
     episodes = [scan_episode(p, task) for p in files]

@@ -185,6 +185,7 @@ def convert_lerobot(
     from recap_core.data.versions import v21_to_v30
 
     src = Path(src)
+    failure_penalty = schema.check_failure_penalty(failure_penalty)
     check_output(Path(out), overwrite, inputs=(src,))  # fail fast, before reading anything
     version = dataset_version(src)
     pre = open_dataset(src, version=None)

@@ -2,8 +2,10 @@
 
 - `open_dataset(path)` reads `meta/info.json`, checks the format version and returns a `DatasetInfo`.
 - `require_columns(info, columns, stage=...)` names the command that produces a missing column.
-- `validate_dataset(info)` runs the bad-input checks (dtypes, NaN/inf, value_label range, empty
+- `validate_dataset(info)` runs the bad-input checks (dtypes, stored values through
+  `schema.check_column_values`: NaN/inf, intervention 0/1, value_label range, adv_ind; empty
   episodes, truncated parquet, missing video files) before a stage spends time on the data.
+- `video_problems(info)` names every video file whose first frame (or last packets) cannot be read.
 - `read_columns(info, columns)` reads the tabular (non-video) columns per episode with pyarrow,
   without lerobot, so labelers and stats do not pay for video decoding.
 - `new_dataset` / `write_episode` write a v3.0 dataset through `LeRobotDataset.create`.
@@ -115,10 +117,60 @@ def read_info_json(root: Path) -> dict:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path} is not valid JSON ({exc})", fix="restore meta/info.json from a backup") from exc
+    _check_info_json(path, info)
+    return info
+
+
+_INFO_FIX = "repair meta/info.json (restore it from a backup, or re-create the dataset)"
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_info_json(path: Path, info: Any) -> None:
+    """The keys and value types of `meta/info.json` that recap reads; a DatasetError names the first bad key."""
+
+    def bad(key: str, value: Any, expected: str) -> DatasetError:
+        return DatasetError(f"{path}: key {key!r} is {_short_repr(value)} ({type(value).__name__}); expected {expected}", fix=_INFO_FIX)
+
+    if not isinstance(info, dict):
+        raise DatasetError(
+            f"{path} holds a JSON {type(info).__name__}; expected an object with the keys codebase_version, fps and features",
+            fix=_INFO_FIX,
+        )
     for key in ("codebase_version", "fps", "features"):
         if key not in info:
             raise DatasetError(f"{path} has no {key!r} key", fix="this is not a LeRobot info.json; re-create the dataset")
-    return info
+    if not isinstance(info["codebase_version"], str):
+        raise bad("codebase_version", info["codebase_version"], 'a version string such as "v3.0"')
+    fps = info["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not np.isfinite(fps) or fps <= 0 or fps != int(fps):
+        raise bad("fps", fps, "a positive whole number of frames per second")
+    features = info["features"]
+    if not isinstance(features, dict) or not features:
+        raise bad("features", features, 'an object mapping each feature name to its spec {"dtype": ..., "shape": [...]}')
+    for name, spec in features.items():
+        if not isinstance(spec, dict):
+            raise bad(f"features.{name}", spec, 'an object such as {"dtype": "float32", "shape": [14]}')
+        if not isinstance(spec.get("dtype"), str):
+            raise bad(f"features.{name}.dtype", spec.get("dtype"), 'a dtype string such as "float32" or "video"')
+        shape = spec.get("shape")
+        if not isinstance(shape, list | tuple) or not all(_is_count(d) for d in shape):
+            raise bad(f"features.{name}.shape", shape, "a list of non-negative integers")
+    for key in ("total_episodes", "total_frames"):
+        if key in info and not _is_count(info[key]):
+            raise bad(key, info[key], "a non-negative integer")
+    if "chunks_size" in info and not (_is_count(info["chunks_size"]) and info["chunks_size"] > 0):
+        raise bad("chunks_size", info["chunks_size"], "a positive integer")
+    for key in ("robot_type", "data_path", "video_path"):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise bad(key, info[key], "a string (or null)")
 
 
 def dataset_version(root: Path) -> str:
@@ -178,8 +230,14 @@ def _read_tasks(root: Path, version: str) -> list[str]:
         path = root / "meta" / "tasks.jsonl"
         if not path.is_file():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r["task"] for r in sorted(rows, key=lambda r: r["task_index"])]
+        try:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [str(r["task"]) for r in sorted(rows, key=lambda r: int(r["task_index"]))]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{path} is not a list of JSON lines with task_index and task ({exc!r})",
+                fix="restore meta/tasks.jsonl from a backup or re-create the dataset",
+            ) from exc
     path = root / "meta" / "tasks.parquet"
     if not path.is_file():
         raise DatasetError(f"{path} is missing", fix="the dataset is incomplete; re-create or re-download it")
@@ -294,60 +352,58 @@ def episode_lengths(info: DatasetInfo) -> dict[int, int]:
 # Validation
 
 
-def validate_dataset(info: DatasetInfo, *, columns: Sequence[str] = (), check_videos: bool = True) -> None:
+def validate_dataset(
+    info: DatasetInfo, *, columns: Sequence[str] = (), check_videos: bool = True, decode_videos: bool = False
+) -> None:
     """The bad-input checks every stage runs before it starts; raises DatasetError on the first.
 
-    Checks: every parquet reads (not truncated), declared dtypes of the RECAP columns, no NaN/inf
-    in numeric columns among `columns` (+ state/action), value_label within [-1, 0], adv_ind values,
-    every metadata episode has frames, and every video file the metadata names exists.
+    Checks: every parquet reads (not truncated), declared dtypes of the RECAP columns, the stored
+    values (`schema.check_column_values`: no NaN/inf in state, action, the RECAP columns and the
+    numeric columns among `columns`; intervention 0/1, value_label within [-1, 0], adv_ind values;
+    each failure names the dataset, column, episode and frame), every metadata episode has frames,
+    and every video file the metadata names exists (with `decode_videos`, also decodes: see
+    `video_problems`).
     """
     require_columns(info, columns, stage="this command")
+    meta = info.root / "meta" / "info.json"
     for name in schema.RECAP_COLUMNS:
         if name in info.features:
             want = schema.RECAP_FEATURES[name]["dtype"]
             got = info.features[name].get("dtype")
             if got != want:
                 raise DatasetError(
-                    f"column {name!r} in {info.root / 'meta' / 'info.json'} has dtype {got!r}; expected {want!r}",
+                    f"column {name!r} in {meta} has dtype {got!r}; expected {want!r}",
                     fix="re-create the RECAP columns with: recap convert lerobot IN OUT",
                 )
     for name in (STATE, ACTION):
         if name in info.features and info.features[name].get("dtype") not in ("float32", "float64"):
             raise DatasetError(
-                f"column {name!r} in {info.root / 'meta' / 'info.json'} has dtype {info.features[name].get('dtype')!r}; expected 'float32'",
+                f"column {name!r} in {meta} has dtype {info.features[name].get('dtype')!r}; expected 'float32'",
                 fix="store joint positions and actions as float32 vectors and convert again",
             )
-    numeric = [c for c in (*columns, STATE, ACTION) if c in info.features and info.features[c]["dtype"] not in ("string", "video", "image")]
-    numeric = list(dict.fromkeys(numeric))
-    present = [c for c in (*numeric, schema.ADV_IND) if c in info.features]
-    table = read_table(info, present)
-    for name in numeric:
-        values = column_array(table, name).astype(np.float64, copy=False)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            ep = int(table.column("episode_index")[row].as_py())
-            raise DatasetError(
-                f"column {name!r} has NaN/inf values (first at episode {ep}, global index {int(table.column('index')[row].as_py())})",
-                fix="fix or drop that episode in the source data and convert again",
-            )
-        if name == schema.VALUE_LABEL and (values.min() < -1 - 1e-6 or values.max() > 1e-6):
-            raise DatasetError(
-                f"column 'value_label' spans [{values.min():.4g}, {values.max():.4g}]; expected values in [-1, 0]",
-                fix="recompute the labels: recap convert lerobot IN OUT --success ...",
-            )
-    if schema.ADV_IND in info.features and schema.ADV_IND in table.column_names:
-        values = set(table.column(schema.ADV_IND).to_pylist())
-        unknown = values - set(schema.ADV_VALUES)
-        if unknown:
-            raise DatasetError(
-                f"column 'adv_ind' holds {sorted(map(str, unknown))}; expected only {list(schema.ADV_VALUES)}",
-                fix="relabel with: recap value label, or recompute with: recap convert lerobot IN OUT",
-            )
+    checked = [
+        c for c in dict.fromkeys((*columns, STATE, ACTION, *schema.RECAP_COLUMNS))
+        if c in info.features and c not in INDEX_COLUMNS and info.features[c]["dtype"] not in ("video", "image")
+    ]
+    table = read_table(info, [*checked, "frame_index"])
+    schema.check_column_values(
+        {name: column_array(table, name) for name in checked},
+        column_array(table, "episode_index"),
+        column_array(table, "frame_index"),
+        index=column_array(table, "index"),
+        where=str(info.root),
+    )
     if info.version == V30:
         _check_episodes(info, table)
         if check_videos:
             _check_video_files(info)
+    if decode_videos:
+        problems = video_problems(info)
+        if problems:
+            raise DatasetError(
+                problems[0] + (f" (and {len(problems) - 1} more unreadable video files)" if len(problems) > 1 else ""),
+                fix="restore the videos/ folder from a backup or re-create the dataset",
+            )
 
 
 def read_episodes_meta(info: DatasetInfo, *, with_stats: bool = False):
@@ -397,12 +453,62 @@ def _check_video_files(info: DatasetInfo) -> None:
                 )
 
 
-def check_finite(name: str, values: np.ndarray, where: str) -> None:
-    """Raise on NaN/inf in `values` (used by converters before writing)."""
+def video_problems(info: DatasetInfo) -> list[str]:
+    """One message per video file under `videos/` that cannot be read, naming its path.
+
+    Cheap: per file, the container is opened, its first frame decoded, and the packets of its last
+    group of pictures are located (a file cut short loses them, while its first frame may still
+    decode). No other frame is decoded.
+    """
+    videos = info.root / "videos"
+    if not videos.is_dir():
+        return []
+    problems = []
+    for path in sorted(videos.rglob("*.mp4")):
+        why = _video_problem(path)
+        if why is not None:
+            problems.append(f"video file {path} {why}")
+    return problems
+
+
+def _video_problem(path: Path) -> str | None:
+    import av
+
+    size = path.stat().st_size
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return "has no video stream"
+            stream = container.streams.video[0]
+            if next(container.decode(stream), None) is None:
+                return "holds no decodable frame"
+            if stream.duration is None:
+                return None
+            container.seek(int((stream.start_time or 0) + stream.duration), stream=stream, backward=True)
+            tail = [p for p in container.demux(stream) if p.size]
+            if not tail or any(p.pos is not None and p.pos >= 0 and p.pos + p.size > size for p in tail):
+                return "is truncated: the packets of its last frames are missing"
+    except Exception as exc:  # any failure to read the file (FFmpeg, container, index) means unreadable
+        return f"cannot be decoded ({type(exc).__name__}: {exc})"
+    return None
+
+
+def check_finite(name: str, values: np.ndarray, where: str, *, first_frame: int = 0) -> None:
+    """Raise on NaN/inf in `values` (used by converters before writing), naming the first bad frame.
+
+    `values` holds frames `first_frame`, `first_frame + 1`, ... along its first axis.
+    """
     arr = np.asarray(values)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        first = np.argwhere(~np.isfinite(arr))[0].tolist()
-        raise DatasetError(f"{where}: {name} has NaN/inf (first at {first})", fix="fix or drop that episode in the source data")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        first = [int(i) for i in np.argwhere(~np.isfinite(arr))[0]]
+        if not first:
+            at = "its only value"
+        else:
+            at = f"frame {first_frame + first[0]}" + (f", dim {', '.join(map(str, first[1:]))}" if first[1:] else "")
+        raise DatasetError(
+            f"{where}: {name} has NaN/inf (first at {at}: {arr[tuple(first)]})",
+            fix="fix or drop that episode in the source data (or re-record it)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------

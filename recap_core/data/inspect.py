@@ -1,6 +1,7 @@
 """What a dataset holds and which RECAP stages it is ready for (`recap data inspect`).
 
-Reads only metadata and tabular parquet columns (never video), so it is fast on large datasets.
+Reads metadata and tabular parquet columns, and from each video file only its first frame and the
+location of its last packets (`dataset.video_problems`), so it stays fast on large datasets.
 
 JSON schema of `inspect_dataset(...)` (stable; `recap data inspect --json` prints exactly this):
 
@@ -22,7 +23,9 @@ JSON schema of `inspect_dataset(...)` (stable; `recap data inspect --json` print
     intervention_episodes  int | null       episodes with at least one intervention frame
     adv_ind_counts         {"positive": int, "negative": int, "none": int} | null   (plus any unknown value)
     value_label_range      [float, float] | null                                    [min, max]
-    problems               [str]    validation failures (NaN/inf, value_label out of [-1, 0], missing videos, ...)
+    problems               [str]    validation failures (NaN/inf, intervention not 0/1, value_label out of
+                                    [-1, 0], unknown adv_ind, missing videos, ...; each names the column,
+                                    episode and frame) and one entry per unreadable video file (its path)
     ready                  {stage: {"ready": bool, "missing": [str], "why": str | null, "fix": str | null}}
                            for stage in "sft", "finetune", "value_train", "value_label":
                              sft          needs observation.state, action and at least one camera
@@ -53,7 +56,7 @@ STAGE_COMMANDS = {
 
 def inspect_dataset(root: str | Path) -> dict[str, Any]:
     """The report described in the module docstring. Raises DatasetError if `root` is not a dataset."""
-    from recap_core.data.dataset import STATE, V30, open_dataset, read_table, validate_dataset
+    from recap_core.data.dataset import STATE, V30, open_dataset, read_table, validate_dataset, video_problems
 
     info = open_dataset(Path(root), version=None)
     present = [c for c in schema.RECAP_COLUMNS if c in info.features]
@@ -70,6 +73,7 @@ def inspect_dataset(root: str | Path) -> dict[str, Any]:
         validate_dataset(info, columns=present)
     except DatasetError as exc:
         problems.append(exc.message)
+    problems.extend(video_problems(info))
 
     report: dict[str, Any] = {
         "root": str(info.root),

@@ -92,9 +92,14 @@ def vector_column(table: Any, name: str, where: str) -> np.ndarray:
         raise DatasetError(f"column {name!r} of {where} has rows of different lengths", fix="re-create the dataset")
     bad = ~np.isfinite(values)
     if bad.any():
-        row, dim = np.argwhere(bad)[0]
+        row, dim = (int(i) for i in np.argwhere(bad)[0])
+        at = f"row {row}, dim {dim}"
+        names = table.column_names
+        if "episode_index" in names:
+            frame = f", frame {table.column('frame_index')[row].as_py()}" if "frame_index" in names else ""
+            at = f"episode {table.column('episode_index')[row].as_py()}{frame}, {at}"
         raise DatasetError(
-            f"column {name!r} of {where} holds NaN/inf ({int(bad.sum())} values; first at row {row}, dim {dim})",
+            f"column {name!r} of {where} holds NaN/inf ({int(bad.sum())} values; first at {at})",
             fix="drop or repair those frames in the source data and convert again",
         )
     return values

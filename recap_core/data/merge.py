@@ -69,7 +69,9 @@ def merge_datasets(sources: list[Path], out: Path, *, overwrite: bool = False) -
     infos = [open_dataset(s) for s in sources]  # only metadata: a path that is no dataset says so first
     check_output(Path(out), overwrite, inputs=tuple(Path(s) for s in sources))  # before any work
     for info in infos:
-        validate_dataset(info)
+        # Every column's values (RECAP ranges, NaN/inf) and every video file's first frame: a bad
+        # source is refused naming it, before lerobot copies it into the merged dataset.
+        validate_dataset(info, decode_videos=True)
     check_compatible(infos)
     from lerobot.datasets.aggregate import aggregate_datasets  # slow import: only once inputs are good
 

@@ -29,6 +29,7 @@ An int8 code with names would also round-trip, but its stats would be computed o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -120,6 +121,25 @@ def episode_success(episode_index: np.ndarray, frame_index: np.ndarray, reward: 
     return {int(e): bool(r > 0) for e, r in zip(ep[last], reward[order][last], strict=True)}
 
 
+def check_failure_penalty(failure_penalty: float) -> float:
+    """The failure penalty (`--failure-penalty`) as a float; NaN, inf and negative values are refused."""
+    try:
+        value = float(failure_penalty)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"--failure-penalty {failure_penalty!r} is not a number", fix="give a number, e.g. --failure-penalty 1") from exc
+    if not math.isfinite(value):
+        raise DatasetError(
+            f"--failure-penalty {failure_penalty} is not a finite number; it would write NaN/inf reward and value labels",
+            fix="give a finite, non-negative penalty in units of T_max steps, e.g. --failure-penalty 1 (the default)",
+        )
+    if value < 0:
+        raise DatasetError(
+            f"failure penalty {failure_penalty} is negative",
+            fix="give the penalty as a positive number (it is subtracted at a failed terminal)",
+        )
+    return value
+
+
 def episode_labels(
     length: int,
     success: bool,
@@ -132,11 +152,7 @@ def episode_labels(
         raise DatasetError("an episode has no frames", fix="drop empty episodes before converting")
     if t_max < length:
         raise ValueError(f"t_max {t_max} < episode length {length}")
-    if failure_penalty < 0:
-        raise DatasetError(
-            f"failure penalty {failure_penalty} is negative",
-            fix="give the penalty as a positive number (it is subtracted at a failed terminal)",
-        )
+    failure_penalty = check_failure_penalty(failure_penalty)
     if intervention is None:
         interv = np.zeros(length, dtype=np.int64)
     else:
@@ -192,3 +208,97 @@ def recap_labels(
         )
         for i in range(n)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of stored column values (one place: `dataset.validate_dataset` calls it for every
+# stage, `recap data merge` for each source and `recap data inspect` for its problems list).
+
+# Slack for float32 round-off at the ends of value_label's [-1, 0].
+VALUE_LABEL_TOLERANCE = 1e-6
+_RELABEL_FIX = "recompute the labels: recap convert lerobot IN OUT --success ... (from the dataset without RECAP columns)"
+
+
+def _first_bad(ok_rows: np.ndarray) -> int | None:
+    bad = np.flatnonzero(~ok_rows)
+    return int(bad[0]) if bad.size else None
+
+
+def check_column_values(
+    values: Mapping[str, np.ndarray],
+    episode_index: np.ndarray,
+    frame_index: np.ndarray,
+    *,
+    where: str,
+    index: np.ndarray | None = None,
+) -> None:
+    """Raise a DatasetError at the first bad value, naming `where` (the dataset), the column, the
+    episode and the frame; return None when every value is allowed.
+
+    `values` maps column names to arrays with one row per frame ([N] or [N, D]), aligned with
+    `episode_index` / `frame_index` (and the optional global `index`). Rules:
+        intervention   0 or 1
+        reward         finite
+        reward_label   finite
+        value_label    finite and within [-1, 0]
+        adv_ind        one of "positive", "negative", "none"
+        any other numeric column (observation.state, action, ...): finite
+    Other non-numeric columns are not checked.
+    """
+    episode_index = np.asarray(episode_index).reshape(-1)
+    frame_index = np.asarray(frame_index).reshape(-1)
+
+    def at(row: int) -> str:
+        text = f"episode {int(episode_index[row])}, frame {int(frame_index[row])}"
+        return text + (f", global index {int(np.asarray(index).reshape(-1)[row])}" if index is not None else "")
+
+    for name, raw in values.items():
+        arr = np.asarray(raw)
+        n = len(episode_index)
+        if arr.shape[:1] != (n,):
+            raise ValueError(f"column {name!r} has {arr.shape[:1]} rows; expected {n}")
+        if name == ADV_IND:
+            text = np.array([v if isinstance(v, str) else repr(v) for v in arr.reshape(-1)], dtype=object).reshape(n, -1)
+            ok = np.isin(text, ADV_VALUES).all(axis=1)
+            row = _first_bad(ok)
+            if row is not None:
+                unknown = sorted({str(v) for v in text[~ok].reshape(-1) if v not in ADV_VALUES})
+                raise DatasetError(
+                    f"{where}: column 'adv_ind' holds {unknown[:5]} (first at {at(row)}); expected only {list(ADV_VALUES)}",
+                    fix="relabel with: recap value label, or recompute with: recap convert lerobot IN OUT",
+                )
+            continue
+        if arr.dtype.kind not in "biuf":
+            if name in RECAP_FEATURES:
+                raise DatasetError(
+                    f"{where}: column {name!r} holds {arr.dtype} values; expected {RECAP_FEATURES[name]['dtype']}",
+                    fix=_RELABEL_FIX,
+                )
+            continue  # strings and other non-numeric columns have no numeric rule
+        numbers = arr.astype(np.float64, copy=False).reshape(n, -1)
+        finite = np.isfinite(numbers).all(axis=1)
+        row = _first_bad(finite)
+        if row is not None:
+            raise DatasetError(
+                f"{where}: column {name!r} has NaN/inf values (first at {at(row)})",
+                fix=_RELABEL_FIX if name in RECAP_FEATURES else "fix or drop that episode in the source data and convert again",
+            )
+        if name == INTERVENTION:
+            row = _first_bad(np.isin(numbers, (0, 1)).all(axis=1))
+            if row is not None:
+                unknown = sorted({float(v) for v in numbers.reshape(-1) if v not in (0, 1)})
+                shown = [int(v) if v.is_integer() else v for v in unknown[:5]]
+                raise DatasetError(
+                    f"{where}: column 'intervention' holds {shown} (first at {at(row)}); expected only 0 or 1",
+                    fix="store 1 on human frames and 0 on autonomous ones; " + _RELABEL_FIX,
+                )
+        elif name == VALUE_LABEL:
+            inside = (numbers >= -1.0 - VALUE_LABEL_TOLERANCE) & (numbers <= VALUE_LABEL_TOLERANCE)
+            row = _first_bad(inside.all(axis=1))
+            if row is not None:
+                value = float(numbers[row][~inside[row]][0])
+                raise DatasetError(
+                    f"{where}: column 'value_label' spans [{numbers.min():.4g}, {numbers.max():.4g}]; expected values in "
+                    f"[-1, 0] (first outside at {at(row)}: {value:.4g})",
+                    fix=_RELABEL_FIX,
+                )

@@ -171,3 +171,44 @@ def test_atomic_files_follow_the_umask(tmp_path: Path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "stats.json").stat().st_mode) == 0o644
+
+
+def test_sft_refuses_a_pi06_preset(tmp_path: Path, tiny_dataset: Path):
+    code, _, err = invoke("sft", tiny_dataset, "--preset", "pi06-tiny", "--run-dir", tmp_path / "run", "--no-preflight")
+    refused(code, err, "pi0.6 policy", "pi05-tiny")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra_s", [0.0, 0.5])
+def test_kill_9_during_convert_loses_nothing_and_the_next_run_cleans_up(tmp_path: Path, tiny_aloha_raw: Path,
+                                                                       extra_s: float):
+    """kill -9 once the output's temp sibling exists (mid-write), then rerun: input intact throughout,
+    no half-written output under the name, and the rerun removes the dead writer's temp."""
+    import signal
+    import subprocess
+    import time
+
+    raw = copy_dataset(tiny_aloha_raw, tmp_path / "raw")
+    before = tree_digest(raw)
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "recap_cli.main", "convert", "aloha-hdf5", str(raw), str(out), "--fps", "50",
+           "--task", "move the cube"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob(".ds.tmp-*")):
+        time.sleep(0.01)  # bounded: the writer finishes, the temp appears or the deadline passes
+    time.sleep(extra_s)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert killed, "the writer finished before it could be killed: the trial proved nothing"
+    assert tree_digest(raw) == before
+    assert not out.exists()
+    assert list(tmp_path.glob(".ds.tmp-*"))  # the dead writer's temp is there ...
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "meta" / "info.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ds.")] == []  # ... and now gone
+    assert tree_digest(raw) == before
