@@ -460,14 +460,24 @@ def video_problems(info: DatasetInfo) -> list[str]:
     group of pictures are located (a file cut short loses them, while its first frame may still
     decode). No other frame is decoded.
     """
+    import av.logging
+
     videos = info.root / "videos"
     if not videos.is_dir():
         return []
     problems = []
-    for path in sorted(videos.rglob("*.mp4")):
-        why = _video_problem(path)
-        if why is not None:
-            problems.append(f"video file {path} {why}")
+    # FFmpeg's own complaints about a broken file ("partial file", ...) are captured, not printed:
+    # the problems list says it once, with the path.
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture():
+            for path in sorted(videos.rglob("*.mp4")):
+                why = _video_problem(path)
+                if why is not None:
+                    problems.append(f"video file {path} {why}")
+    finally:
+        av.logging.set_level(previous)
     return problems
 
 
@@ -506,7 +516,7 @@ def check_finite(name: str, values: np.ndarray, where: str, *, first_frame: int 
         else:
             at = f"frame {first_frame + first[0]}" + (f", dim {', '.join(map(str, first[1:]))}" if first[1:] else "")
         raise DatasetError(
-            f"{where}: {name} has NaN/inf (first at {at}: {arr[tuple(first)]})",
+            f"{where}: {name} has NaN/inf (first at {at}: {arr[tuple(first)]}); expected finite numbers",
             fix="fix or drop that episode in the source data (or re-record it)",
         )
 

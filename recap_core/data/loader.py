@@ -99,7 +99,7 @@ def vector_column(table: Any, name: str, where: str) -> np.ndarray:
             frame = f", frame {table.column('frame_index')[row].as_py()}" if "frame_index" in names else ""
             at = f"episode {table.column('episode_index')[row].as_py()}{frame}, {at}"
         raise DatasetError(
-            f"column {name!r} of {where} holds NaN/inf ({int(bad.sum())} values; first at {at})",
+            f"column {name!r} of {where} holds NaN/inf ({int(bad.sum())} values; first at {at}); expected finite numbers",
             fix="drop or repair those frames in the source data and convert again",
         )
     return values

@@ -269,18 +269,21 @@ def check_column_values(
                 )
             continue
         if arr.dtype.kind not in "biuf":
-            if name in RECAP_FEATURES:
+            if name not in RECAP_FEATURES:
+                continue  # strings and other non-numeric columns have no numeric rule
+            try:  # a numeric RECAP column read as Python objects (e.g. with nulls)
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as exc:
                 raise DatasetError(
-                    f"{where}: column {name!r} holds {arr.dtype} values; expected {RECAP_FEATURES[name]['dtype']}",
+                    f"{where}: column {name!r} holds non-numeric values; expected {RECAP_FEATURES[name]['dtype']}",
                     fix=_RELABEL_FIX,
-                )
-            continue  # strings and other non-numeric columns have no numeric rule
+                ) from exc
         numbers = arr.astype(np.float64, copy=False).reshape(n, -1)
         finite = np.isfinite(numbers).all(axis=1)
         row = _first_bad(finite)
         if row is not None:
             raise DatasetError(
-                f"{where}: column {name!r} has NaN/inf values (first at {at(row)})",
+                f"{where}: column {name!r} has NaN/inf values (first at {at(row)}); expected finite numbers",
                 fix=_RELABEL_FIX if name in RECAP_FEATURES else "fix or drop that episode in the source data and convert again",
             )
         if name == INTERVENTION:

@@ -100,7 +100,7 @@ def compute_norm_stats(root: str | Path, columns: Mapping[str, str] | None = Non
     columns = dict(columns or DEFAULT_COLUMNS)
     # Only parquet columns are read, so v2.1 datasets (openpi's side) work as well as v3.0.
     info = open_dataset(Path(root), version=None)
-    table = read_table(info, list(columns.values()))
+    table = read_table(info, [*columns.values(), "frame_index"])  # frame_index: NaN/inf errors name the frame
     if table.num_rows == 0:
         raise DatasetError(f"dataset {info.root} has no frames", fix="record at least one episode")
     values = {key: vector_column(table, column, str(info.root)) for key, column in columns.items()}

@@ -114,7 +114,7 @@ def test_nan_in_state(tiny_dataset: Path, tmp_path: Path) -> None:
     field = table.schema.field("observation.state")
     arr = pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1), pa.float32()), 14)
     pq.write_table(table.set_column(table.column_names.index(field.name), field, arr), path)
-    with pytest.raises(DatasetError, match=r"'observation.state' has NaN/inf .*episode 1, global index 30"):
+    with pytest.raises(DatasetError, match=r"'observation.state' has NaN/inf .*episode 1, frame 10, global index 30"):
         D.validate_dataset(D.open_dataset(root))
 
 
