@@ -72,12 +72,26 @@ class RunCheckpoints:
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
                 ),
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} does not match this model's trainable params: {exc}",
-                fix="use the same preset (and freeze mode) as the run that wrote it",
-            ) from exc
+        except Exception as exc:
+            raise self._restore_error(step, exc) from exc
         return restored.state, meta
+
+    def _restore_error(self, step: int, exc: Exception) -> CheckpointError:
+        """Damaged files (tensorstore cannot read them) and a model of another shape need different fixes."""
+        where = self.directory / str(step)
+        text = str(exc)
+        detail = " ".join(text.split())[:300] + ("..." if len(text) > 300 else "")
+        if isinstance(exc, OSError) or "tensorstore" in text.lower() or "error reading" in text.lower():
+            others = [s for s in self.steps() if s != step]
+            return CheckpointError(
+                f"checkpoint {where} cannot be read: its files are damaged or incomplete ({detail})",
+                fix="copy the run again from where it was written"
+                + (f", or use another of its checkpoints (steps {others})" if others else ""),
+            )
+        if not isinstance(exc, ValueError | KeyError | TypeError):
+            raise exc
+        return CheckpointError(f"checkpoint {where} does not match this model's trainable params: {detail}",
+                               fix="use the same preset (and freeze mode) as the run that wrote it")
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

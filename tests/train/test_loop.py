@@ -126,3 +126,15 @@ def test_wrong_kind_of_init_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "policy").exists() or not RunCheckpoints(
         tmp_path / "policy" / "checkpoints", read_only=True
     ).steps()
+
+
+def test_damaged_checkpoint_files_are_named_as_damaged_not_as_another_preset(tmp_path: Path) -> None:
+    config = toy_config(steps=2, **{"checkpoint.every": 1})
+    train(toy_job(config), config, tmp_path / "run")
+    for blob in (tmp_path / "run" / "checkpoints" / "2" / "state").rglob("d/*"):
+        blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])  # a copy that stopped half-way
+    longer = toy_config(steps=3, **{"checkpoint.every": 1})
+    with pytest.raises(CheckpointError, match="damaged or incomplete") as err:
+        train(toy_job(longer), longer, tmp_path / "run", resume=True)
+    assert "steps [1]" in err.value.fix and "preset" not in err.value.fix
+    assert len(err.value.message) < 600
