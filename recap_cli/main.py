@@ -69,6 +69,8 @@ def main() -> None:
     """Console entry point: runs the app and turns user mistakes into a red panel + exit 2."""
     if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
         output.state["verbose"] = True
+    as_json = "--json" in sys.argv[1:]
+    output.state["json_written"] = False
     try:
         enable_compilation_cache()
         app()
@@ -76,10 +78,25 @@ def main() -> None:
         if output.state["verbose"]:
             traceback.print_exc()
         output.error_panel(exc.message, exc.fix)
+        if as_json and not output.state["json_written"]:
+            output.json_error(exc.message, exc.fix, exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         output.err_console.print("[red]interrupted[/red]")
+        if as_json and not output.state["json_written"]:
+            output.json_error("interrupted", None, 130)
         sys.exit(130)
+    except SystemExit as exc:  # a usage error (2, reason printed on stderr by typer) or a failed check (1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if as_json and code != 0 and not output.state["json_written"]:
+            output.json_error("the command line is not valid (the reason is on stderr)" if code == 2
+                              else f"the command failed with exit code {code} (details on stderr)",
+                              "run the command with --help" if code == 2 else None, code)
+        raise
+    except Exception as exc:  # a bug: the traceback goes to stderr; scripts still get a document
+        if as_json and not output.state["json_written"]:
+            output.json_error(f"internal error: {type(exc).__name__}: {exc}", "rerun with -v and report it", 1)
+        raise
 
 
 if __name__ == "__main__":

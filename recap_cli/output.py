@@ -22,7 +22,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 # Set by the global `-v/--verbose` flag (see main.py).
-state: dict[str, Any] = {"verbose": False}
+state: dict[str, Any] = {"verbose": False, "json_written": False}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -40,9 +40,18 @@ def _jsonable(obj: Any) -> Any:
 
 
 def print_json(result: Any) -> None:
-    """Write one JSON document to stdout (the `--json` contract)."""
-    sys.stdout.write(json.dumps(result, default=_jsonable, indent=2, sort_keys=False) + "\n")
+    """Write one JSON document to stdout (the `--json` contract). NaN and infinities are not JSON
+    (`jq` rejects them): they are written as null."""
+    text = json.dumps(result, default=_jsonable)
+    clean = json.loads(text, parse_constant=lambda _: None)
+    sys.stdout.write(json.dumps(clean, indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
+    state["json_written"] = True
+
+
+def json_error(message: str, fix: str | None, exit_code: int) -> None:
+    """The `--json` document of a failed command (stdout stays one parseable document)."""
+    print_json({"error": message, "fix": fix, "exit_code": exit_code})
 
 
 def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:

@@ -125,10 +125,6 @@ def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple
         if config.stage == "finetune" and not model_config.pi06:
             raise ConfigError(f"preset {config.preset} is a pi0.5 policy; finetune trains pi0.6 (adv_ind)",
                               fix="use --preset pi06, pi06-lora or pi06-tiny")
-        if config.stage == "sft" and model_config.pi06:
-            raise ConfigError(f"preset {config.preset} is a pi0.6 policy (it reads the advantage indicator); "
-                              "sft trains pi0.5, whose data has no adv_ind to teach it",
-                              fix="use --preset pi05, pi05-lora or pi05-tiny, and `recap finetune` for pi0.6")
         tiny = config.preset.endswith("-tiny")
         tokenizer = PolicyTokenizer(
             tokenizer_path(config, run_dir), model_config.max_token_len, indicator_dropout=config.data.adv_ind_dropout,
@@ -237,6 +233,10 @@ def _successful(info: DatasetInfo, lengths: dict[int, int]) -> dict[int, int]:
 
 
 def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJob:
+    if config.stage == "sft" and config.model.get("pi06"):
+        raise ConfigError(f"preset {config.preset} is a pi0.6 policy (it reads the advantage indicator); "
+                          "sft trains pi0.5, whose data has no adv_ind to teach it",
+                          fix="use --preset pi05, pi05-lora or pi05-tiny, and `recap finetune` for pi0.6")
     info = check_dataset(config)
     root = Path(config.dataset)
     assets: dict[str, str | bytes] = {}
