@@ -91,6 +91,9 @@ def run_training(
             preflight(DOCTOR_STAGE[stage], warn=warn, preset=config.preset, dataset=Path(config.dataset),
                       output_dir=run_dir, init=config.init)
     check_dataset(config)  # before anything compiles: say which stage's data is missing
+    from recap_core.train.init import init_run
+
+    init_run(config)  # a bad --init fails now, not after the norm stats and the model are built
     if not resuming:
         from recap_core.train.loop import check_run_dir
 

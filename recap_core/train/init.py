@@ -60,6 +60,10 @@ def resolve_run_path(path: Path) -> tuple[Path, int | None]:
 def init_run(config: RunConfig) -> tuple[Path, int | None] | None:
     """(run dir, step or None = latest) of the recap run `--init` names; None for random, base or
     published (openpi / VLM bundle) weights. A path that is none of these raises CheckpointError."""
+    if config.init == "base" and config.preset.endswith("-tiny"):
+        raise CheckpointError(f"--init base: preset {config.preset} has no published base weights (base means the "
+                              "pi0.5 base checkpoint or the VLM bundle, for the full-size presets)",
+                              fix="use --init random, or --init PATH (a run of this preset, or weights of its size)")
     if config.init in ("random", "base") or published_weights_kind(Path(config.init)) is not None:
         return None
     return resolve_run_path(Path(config.init))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -144,6 +145,22 @@ def train(
     run_dir = Path(run_dir).absolute()
     init_run(config)  # a bad --init fails before the run directory exists
     resuming = prepare_run_dir(run_dir, config, job.assets, resume=resume, overwrite=overwrite)
+    try:
+        return _train_in(job, config, run_dir, resuming, on_event, t_start)
+    except BaseException:
+        # A run that failed before its first checkpoint leaves nothing behind: the retry is not refused.
+        if not resuming and jax.process_index() == 0 and not _has_checkpoint(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+
+
+def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool,
+              on_event: Callable[[StepEvent], None] | None, t_start: float) -> TrainResult:
     local_batch_size(config.batch_size, config.grad_accum)  # fail early on an impossible split
     mesh = make_mesh(config.fsdp_devices)
     task = job.task

@@ -212,3 +212,10 @@ def test_kill_9_during_convert_loses_nothing_and_the_next_run_cleans_up(tmp_path
     assert (out / "meta" / "info.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ds.")] == []  # ... and now gone
     assert tree_digest(raw) == before
+
+
+def test_init_base_with_a_tiny_preset_fails_at_once(tmp_path: Path, tiny_dataset: Path):
+    code, _, err = invoke("sft", tiny_dataset, "--preset", "pi05-tiny", "--init", "base",
+                          "--run-dir", tmp_path / "run", "--no-preflight")
+    refused(code, err, "no published base weights", "--init random")
+    assert not (tmp_path / "run").exists()

@@ -138,3 +138,33 @@ def test_damaged_checkpoint_files_are_named_as_damaged_not_as_another_preset(tmp
         train(toy_job(longer), longer, tmp_path / "run", resume=True)
     assert "steps [1]" in err.value.fix and "preset" not in err.value.fix
     assert len(err.value.message) < 600
+
+
+class _BrokenSource:
+    """A data source whose reads fail (a dataset on a disk that went away)."""
+
+    def __iter__(self):
+        raise OSError("input/output error")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(tmp_path: Path) -> None:
+    config = toy_config(steps=2, **{"checkpoint.every": 1})
+    job = toy_job(config)
+    job.train_data = _BrokenSource()
+    with pytest.raises(OSError, match="input/output error"):
+        train(job, config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    train(toy_job(config), config, tmp_path / "run")  # the retry needs no --overwrite
+    # A run with a checkpoint is kept when a later resume fails.
+    longer = toy_config(steps=4, **{"checkpoint.every": 1})
+    job = toy_job(longer)
+    job.train_data = _BrokenSource()
+    with pytest.raises(OSError):
+        train(job, longer, tmp_path / "run", resume=True)
+    assert RunCheckpoints(tmp_path / "run" / "checkpoints", read_only=True).steps() == [1, 2]
