@@ -36,8 +36,14 @@ app = typer.Typer(
 
 
 def _version(value: bool) -> None:
+    """`recap 0.1.0` on the first line (scripts read it), then the stack a run records."""
     if value:
+        from recap_core.stack import stack_versions
+
         typer.echo(f"recap {__version__}")
+        for name, version in stack_versions().items():
+            if name != "recap":
+                typer.echo(f"  {name} {version or 'not installed'}")
         raise typer.Exit()
 
 

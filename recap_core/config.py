@@ -123,6 +123,9 @@ class RunConfig(_Section):
     val: ValConfig = Field(default_factory=ValConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    """recap and its stack (jax, flax, orbax, lerobot, torch, ...) when the run was created: set by
+    the training loop; `--resume` and `serve` warn when they differ."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -9,7 +9,6 @@ bundle in the wrong place. Each check here is a small function returning a `Chec
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -22,6 +21,7 @@ from typing import Any, Literal
 
 from recap_core.errors import PreflightError
 from recap_core.settings import Settings, get_settings
+from recap_core.stack import installed
 
 Status = Literal["ok", "warn", "fail", "skip"]
 STAGES = ("sft", "finetune", "value-train", "value-label", "serve")
@@ -160,11 +160,13 @@ def check_gpu(stage: str, preset: str | None, devices: list[Any] | None = None) 
     return CheckResult("gpu", "ok", msg, details=details)
 
 
-def _installed(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def check_versions() -> CheckResult:
+    """recap and its stack, as a run records them (`details` is the table)."""
+    from recap_core.stack import stack_versions
+
+    versions = stack_versions()
+    text = ", ".join(f"{name} {version or 'not installed'}" for name, version in versions.items())
+    return CheckResult("versions", "ok", text, details=versions)
 
 
 def _major(version: str) -> int:
@@ -186,7 +188,7 @@ def _wandb_key() -> str | None:
 def check_protobuf(versions: dict[str, str | None] | None = None, wandb_key: str | None = None) -> CheckResult:
     """Known protobuf conflicts, read from package metadata without importing anything."""
     versions = versions if versions is not None else {
-        name: _installed(name) for name in ("protobuf", "tensorflow", "wandb")
+        name: installed(name) for name in ("protobuf", "tensorflow", "wandb")
     }
     wandb_key = wandb_key if wandb_key is not None else _wandb_key()
     pb, tf, wb = versions.get("protobuf"), versions.get("tensorflow"), versions.get("wandb")
@@ -375,7 +377,7 @@ def run_checks(
     settings = settings or get_settings()
     ram_stage = "sft" if stage == "all" else stage
     tiny = preset_size(preset) == "tiny"
-    results = [check_host_ram(ram_stage, preset, mem), check_gpu(ram_stage, preset, devices),
+    results = [check_versions(), check_host_ram(ram_stage, preset, mem), check_gpu(ram_stage, preset, devices),
                check_protobuf(), check_gemma_gm_data()]
     need_bundle = stage in ("all", "value-label") or (stage == "value-train" and init == "base")
     need_base = stage == "all" or (stage in ("sft", "finetune") and init == "base")

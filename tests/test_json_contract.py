@@ -83,3 +83,13 @@ def test_nan_is_written_as_null(capsys: pytest.CaptureFixture[str]):
     text = capsys.readouterr().out
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"rank_corr": None, "nested": [None, 1.5], "ok": 1}
+
+
+def test_version_lists_the_stack():
+    from recap_core.stack import STACK, version_changes
+
+    code, out, _ = invoke("--version")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("recap ") and len(lines) == 1 + len(STACK)
+    assert version_changes({"jax": "0.0.1", "gone": "1"}, {"jax": "0.10.2"}) == ["jax 0.0.1 -> 0.10.2"]
+    assert version_changes({}, {"jax": "0.10.2"}) == [] and version_changes(None) == []

@@ -96,6 +96,12 @@ def _policy_loader(
         seed=seed,
     )
     checkpoint = resolve_checkpoint(run_or_ckpt)  # a wrong path fails here, before any slow check
+    from recap_core.stack import version_changes
+
+    recorded = checkpoint.config.get("versions") if isinstance(checkpoint.config, dict) else None
+    changes = version_changes(recorded if isinstance(recorded, dict) else None)
+    if changes:
+        warn(f"{run_or_ckpt} was trained under other versions: {', '.join(changes)}")
 
     def load() -> Policy:
         if preflight:

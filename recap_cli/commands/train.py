@@ -77,6 +77,12 @@ def run_training(
         if config.stage != stage:
             raise ConfigError(f"{run_dir} is a `{config.stage}` run, not `{stage}`",
                               fix="resume it with the command that started it")
+        from recap_core.stack import version_changes
+
+        changes = version_changes(config.versions)
+        if changes:
+            warn(f"{run_dir} was started under other versions: {', '.join(changes)}; "
+                 "results may not match an uninterrupted run")
     else:
         flags = {"init": init, "steps": steps, "batch_size": batch_size, "fsdp_devices": fsdp_devices,
                  "cameras": cameras or None, "wandb": wandb, **(extra_flags or {})}

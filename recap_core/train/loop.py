@@ -21,6 +21,7 @@ import numpy as np
 from recap_core.config import RunConfig
 from recap_core.errors import CheckpointError, OutputExistsError
 from recap_core.fsutil import atomic_output_dir, check_output
+from recap_core.stack import stack_versions
 from recap_core.train.checkpoint import RunCheckpoints, checkpoint_bytes
 from recap_core.train.init import TaskFactory, build_parts, check_base, init_run
 from recap_core.train.metrics import MetricsLog
@@ -101,6 +102,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | by
             )
         return True
     check_run_dir(run_dir, config, overwrite=overwrite)
+    config.versions = stack_versions()
     if jax.process_index() == 0:
         with atomic_output_dir(run_dir, overwrite=overwrite) as tmp:
             (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")

@@ -41,9 +41,17 @@ def test_value_train_resume_and_refusals(datasets: Path) -> None:
     again = recap("value", "train", "ds", *common, "--steps", "2", cwd=datasets)
     assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
 
+    # The run records its stack; resuming it under another jax says so, naming both versions.
+    from recap_core.stack import stack_versions
+
+    assert config["versions"] == stack_versions()
+    config["versions"]["jax"] = "0.0.1"
+    (datasets / "runs/v/config.json").write_text(json.dumps(config))
     resumed = recap("value", "train", "ds", *common, "--steps", "4", "--resume", "--json", cwd=datasets)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout)["start_step"] == 2
+    warning = " ".join(resumed.stderr.split())
+    assert f"jax 0.0.1 -> {stack_versions()['jax']}" in warning and warning.count("other versions") == 1
     steps = [json.loads(line)["step"] for line in (datasets / "runs/v/metrics.jsonl").read_text().splitlines()]
     assert steps[:2] == [1, 2] and steps[-1] == 4
 

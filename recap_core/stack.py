@@ -1,0 +1,33 @@
+"""The versions of the stack a run depends on, read from package metadata (nothing is imported).
+
+A run records them in its `config.json` (`versions`); `--resume` and `serve` warn when a run is
+continued under other versions, `recap --version` and `recap doctor` show them.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from recap_core import __version__
+
+STACK = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "lerobot", "torch", "numpy")
+
+
+def installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def stack_versions() -> dict[str, str | None]:
+    """recap's version and each package of `STACK` (None: not installed)."""
+    return {"recap": __version__, **{name: installed(name) for name in STACK}}
+
+
+def version_changes(recorded: dict[str, str | None] | None, current: dict[str, str | None] | None = None) -> list[str]:
+    """'jax 0.10.2 -> 0.10.3' for each package whose version differs from what a run recorded
+    (a run from before versions were recorded has none: no changes)."""
+    current = current if current is not None else stack_versions()
+    return [f"{name} {recorded[name]} -> {current.get(name)}" for name in recorded or {}
+            if name in current and recorded[name] != current.get(name)]
