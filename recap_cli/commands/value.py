@@ -136,6 +136,11 @@ def train(
         bool | None, typer.Option("--ema/--no-ema", help="Keep an EMA of the trained params (default: on, 0.99).")
     ] = None,
     init: Annotated[str, typer.Option("--init", help="base (the VLM bundle) | random | PATH (a value run).")] = "base",
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="two_hot (C51's projection, default) | hl_gauss (a Gaussian over "
+                     "neighbouring bins, sigma 0.75 bins; --set model.hl_gauss_sigma=S)."),
+    ] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/value-<preset>).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Total optimiser steps.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")] = None,
@@ -156,7 +161,9 @@ def train(
     from recap_cli.commands.train import run_training
 
     run_training("value", dataset, preset=preset, init=init, run_dir=run_dir, steps=steps, batch_size=batch_size,
-                 resume=resume, overwrite=overwrite, sets=[*(set_ or []), *(["ema_decay=none"] if ema is False else [])],
+                 resume=resume, overwrite=overwrite,
+                 sets=[*(set_ or []), *(["ema_decay=none"] if ema is False else []),
+                       *([f"model.target={target}"] if target is not None else [])],
                  config_file=config, fsdp_devices=fsdp_devices, cameras=cameras, wandb=wandb,
                  no_preflight=no_preflight, as_json=as_json, extra_flags={"freeze_mode": freeze_mode})
 

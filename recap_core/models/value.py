@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.scipy.special import ndtr
 
 from recap_core.errors import ConfigError
 from recap_core.models.configs import named_config
@@ -30,6 +31,7 @@ from recap_core.models.siglip import ModelInputError, MultiHeadAttention, Siglip
 Array = jax.Array
 
 FREEZE_MODES = ("all_backbones", "siglip_only", "none")
+TARGETS = ("two_hot", "hl_gauss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,8 @@ class ValueConfig:
     cross_attn_heads: int = 8
     head_hidden: int = 320
     freeze: str = "all_backbones"  # one of FREEZE_MODES; see frozen_filter
+    target: str = "two_hot"  # one of TARGETS: how a scalar value_label becomes a distribution over the bins
+    hl_gauss_sigma: float = 0.75  # HL-Gauss: the Gaussian's sigma in bin widths (Farebrother et al. 2024: 0.75)
 
     @property
     def image_size(self) -> int:
@@ -83,6 +87,12 @@ def value_config(name: str, **overrides: Any) -> ValueConfig:
     config = named_config(VALUE_PRESETS, name, "value-model preset", "pick a listed preset (see `recap presets`)",
                           **overrides)
     _check_freeze_mode(config.freeze)
+    if config.target not in TARGETS:
+        raise ConfigError(f"unknown value target {config.target!r}; expected one of {', '.join(TARGETS)}",
+                          fix="use --target two_hot (C51's projection) or --target hl_gauss")
+    if not (0 < config.hl_gauss_sigma <= 10):
+        raise ConfigError(f"hl_gauss_sigma {config.hl_gauss_sigma} must be in (0, 10] bin widths",
+                          fix="leave the default 0.75 (Farebrother et al. 2024)")
     return config
 
 
@@ -104,6 +114,23 @@ def two_hot(value: Array, config: ValueConfig) -> Array:
         jax.nn.one_hot(lower_i, config.num_bins) * (1.0 - upper_weight)[..., None]
         + jax.nn.one_hot(lower_i + 1, config.num_bins) * upper_weight[..., None]
     )
+
+
+def hl_gauss(value: Array, config: ValueConfig) -> Array:
+    """float [B] -> [B, num_bins]: HL-Gauss ("Stop Regressing", Farebrother et al. 2024), the mass of
+    N(value, (sigma * bin width)^2) that falls in each bin [atom - w/2, atom + w/2], renormalised over
+    the support. Spreads the target over neighbouring bins, which regularises the classifier."""
+    v = jnp.clip(value.astype(jnp.float32), config.v_min, config.v_max)
+    w = config.bin_width
+    edges = jnp.linspace(config.v_min - w / 2, config.v_max + w / 2, config.num_bins + 1, dtype=jnp.float32)
+    cdf = ndtr((edges[None, :] - v[..., None]) / (config.hl_gauss_sigma * w))
+    mass = cdf[..., 1:] - cdf[..., :-1]
+    return mass / (cdf[..., -1:] - cdf[..., :1])
+
+
+def target_distribution(value: Array, config: ValueConfig) -> Array:
+    """The training target of `config.target` for scalar labels."""
+    return hl_gauss(value, config) if config.target == "hl_gauss" else two_hot(value, config)
 
 
 def expected_value(logits: Array, config: ValueConfig) -> Array:
@@ -247,7 +274,7 @@ class ValueModel(nnx.Module):
         return expected_value(self.logits(inputs), self.config)
 
     def loss(self, inputs: dict[str, Any]) -> tuple[Array, dict[str, Array]]:
-        """(C51 cross-entropy against two_hot(value_label), metrics) for one batch."""
+        """(cross-entropy against the target distribution of value_label, metrics) for one batch."""
         if "value_label" not in inputs:
             raise ModelInputError(
                 "value-model training batch has no 'value_label'",
@@ -256,7 +283,7 @@ class ValueModel(nnx.Module):
         c = self.config
         label = jnp.asarray(inputs["value_label"], jnp.float32)
         logits = self.logits(inputs)
-        loss = cross_entropy(logits, two_hot(label, c))
+        loss = cross_entropy(logits, target_distribution(label, c))
         predicted = expected_value(logits, c)
         outside = (label < c.v_min) | (label > c.v_max)
         return loss, {

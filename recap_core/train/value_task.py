@@ -82,7 +82,8 @@ def value_task(config: RunConfig, cameras: Sequence[str], *, run_dir: Path | Non
     from recap_core.train.jobs import tokenizer_path
 
     name = str(config.model.get("name", config.preset))
-    model_config = value_config(name, freeze=config.freeze_mode or "all_backbones")
+    targets = {k: config.model[k] for k in ("target", "hl_gauss_sigma") if k in config.model}
+    model_config = value_config(name, freeze=config.freeze_mode or "all_backbones", **targets)
     tiny = config.preset.endswith("-tiny")
     tokenizer = ValueTokenizer(
         tokenizer_path(config, run_dir), model_config.max_token_len, expected_vocab_size=None if tiny or config.tokenizer else 262_144

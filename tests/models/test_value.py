@@ -21,6 +21,8 @@ from recap_core.models.value import (
     ValueModel,
     expected_value,
     frozen_filter,
+    hl_gauss,
+    target_distribution,
     trainable_filter,
     two_hot,
     value_config,
@@ -57,6 +59,46 @@ def test_two_hot_expectation_equals_the_value(values: np.ndarray) -> None:
     np.testing.assert_allclose(target @ atoms, values, atol=1e-6, rtol=0)
     nonzero = [np.flatnonzero(row > 1e-7) for row in target]
     assert all(len(idx) <= 2 and (len(idx) < 2 or idx[1] == idx[0] + 1) for idx in nonzero)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float32, (16,), elements=st.floats(-1.0, 0.0, width=32)),
+       st.sampled_from([0.25, 0.75, 2.0]))
+def test_hl_gauss_is_a_distribution_centred_on_the_value(values: np.ndarray, sigma: float) -> None:
+    config = dataclasses.replace(TINY, target="hl_gauss", hl_gauss_sigma=sigma)
+    target = np.asarray(hl_gauss(jnp.asarray(values), config), np.float64)
+    atoms = np.linspace(config.v_min, config.v_max, config.num_bins)
+    np.testing.assert_allclose(target.sum(-1), 1.0, atol=1e-5)
+    assert (target >= 0).all()
+    error = np.abs(target @ atoms - values)
+    # Within half a bin; at the support's edges the truncated Gaussian's mean moves inward, by up to
+    # 0.37 bins at the default sigma 0.75, so wider targets are checked away from the edges.
+    away = np.minimum(values - config.v_min, config.v_max - values) >= 3 * sigma * config.bin_width
+    assert error[away if sigma > 0.75 else slice(None)].max(initial=0.0) <= config.bin_width / 2
+    # Spread: more than two bins carry mass (unlike two-hot), about sigma bin widths either side.
+    inner = (values > -0.9) & (values < -0.1)
+    if inner.any():
+        spread = np.sqrt(target[inner] @ atoms**2 - (target[inner] @ atoms) ** 2) / config.bin_width
+        np.testing.assert_allclose(spread, sigma, rtol=0.2, atol=0.3)
+    assert target_distribution(jnp.asarray(values), config).shape == target.shape
+
+
+def test_value_targets_are_chosen_and_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown value target"):
+        value_config("value-tiny", target="one_hot")
+    with pytest.raises(ConfigError, match="hl_gauss_sigma"):
+        value_config("value-tiny", target="hl_gauss", hl_gauss_sigma=0.0)
+    label = jnp.asarray([-0.5025])
+    np.testing.assert_array_equal(target_distribution(label, TINY), two_hot(label, TINY))
+
+
+def test_value_train_target_flag_reaches_the_model(tmp_path) -> None:
+    from recap_core.config import resolve_run_config
+    from recap_core.train.value_task import value_task
+
+    config = resolve_run_config("value", "value-tiny", "d", sets=["model.target=hl_gauss"], environ={},
+                                model={"kind": "value", "name": "value-tiny"})
+    assert value_task(config, ("cam_high",), run_dir=tmp_path).model_config.target == "hl_gauss"
 
 
 def test_two_hot_edges_and_clipping() -> None:
