@@ -20,6 +20,7 @@ error texts quote at most a few short names (`clip`, `describe_names`), never a 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import msgpack
@@ -31,6 +32,7 @@ from recap_core.errors import RecapError
 # 'O' (object) could smuggle pickles, 'V'/'c' are refused by openpi too; strings/bytes
 # travel as native msgpack str/bin, never as numpy arrays.
 _ALLOWED_KINDS = frozenset("biuf")
+_SIMPLE_DTYPE = re.compile(r"[<>|=]?[A-Za-z]+[0-9]*")
 _NDARRAY = b"__ndarray__"
 _NPGENERIC = b"__npgeneric__"
 # Bounds on one decoded message. A real observation has a handful of keys a few levels deep
@@ -79,9 +81,13 @@ def _checked_dtype(raw: Any) -> np.dtype:
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     if len(text) > 16:  # '<f4', '|u1', 'float32': real dtype strings are short
         raise ProtocolError(f"unknown array dtype {clip(text, 20)!r}")
+    # One simple type ('<f4', '|u1', 'float32'): numpy would parse anything else (',', '(2,)i4',
+    # field lists) with its own mini-language, raising whatever that raises.
+    if not _SIMPLE_DTYPE.fullmatch(text):
+        raise ProtocolError(f"unknown array dtype {text!r}")
     try:
         dtype = np.dtype(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:
         raise ProtocolError(f"unknown array dtype {text!r}") from exc
     if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise ProtocolError(f"array dtype {text!r} is not allowed (only bool/int/uint/float)")

@@ -33,15 +33,10 @@ from recap_core.serve.observation import ObservationSpec, RequestError, prepare_
 from recap_core.serve.server import PolicyServer, ServerConfig, ServerThread, bind_socket, client_text
 from tests.conftest import run_recap
 from tests.serve.policies import STATE_DIM, echo_observation, expected_actions, state_echo_policy
+from tests.serve.test_server import running
 
 SERVER_ROOT = str(Path(recap_core.__file__).resolve().parent.parent)  # where the server's files live
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/])/[\w.-]+/")  # '/dir/...', not 'ws://host/' or 'a/b'
-
-
-@contextlib.contextmanager
-def running(policy, **config) -> Iterator[ServerThread]:
-    with ServerThread(policy, ServerConfig(port=0, **config)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
