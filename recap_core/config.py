@@ -123,6 +123,9 @@ class RunConfig(_Section):
     val: ValConfig = Field(default_factory=ValConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    init_from_run: str | None = None
+    """Set by the training loop when --init is a path: where it lies relative to the run directory,
+    so a run moved or copied together with its --init run still finds it (checked by fingerprint)."""
     versions: dict[str, str | None] = Field(default_factory=dict)
     """recap and its stack (jax, flax, orbax, lerobot, torch, ...) when the run was created: set by
     the training loop; `--resume` and `serve` warn when they differ."""

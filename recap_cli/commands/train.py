@@ -77,6 +77,7 @@ def run_training(
         if config.stage != stage:
             raise ConfigError(f"{run_dir} is a `{config.stage}` run, not `{stage}`",
                               fix="resume it with the command that started it")
+        config = _follow_moves(config, run_dir, Path(dataset))
         from recap_core.stack import version_changes
 
         changes = version_changes(config.versions)
@@ -97,9 +98,10 @@ def run_training(
             preflight(DOCTOR_STAGE[stage], warn=warn, preset=config.preset, dataset=Path(config.dataset),
                       output_dir=run_dir, init=config.init)
     check_dataset(config)  # before anything compiles: say which stage's data is missing
-    from recap_core.train.init import init_run
+    if not resuming:
+        from recap_core.train.init import init_run
 
-    init_run(config)  # a bad --init fails now, not after the norm stats and the model are built
+        init_run(config)  # a bad --init fails now, not after the norm stats and the model are built
     if not resuming:
         from recap_core.train.loop import check_run_dir
 
@@ -108,6 +110,20 @@ def run_training(
     result = _train_with_progress(job, config, run_dir, resume=resuming, overwrite=overwrite and not resuming,
                                   quiet=as_json)
     emit(_summary(result), as_json, _render)
+
+
+def _follow_moves(config: Any, run_dir: Path, dataset: Path) -> Any:
+    """A resumed run whose dataset or --init run moved: the dataset typed now replaces a recorded one
+    that is gone, and the --init run is looked for relative to the run (`locate_init`)."""
+    from recap_core.train.init import locate_init
+
+    recorded = Path(config.dataset)
+    if not recorded.exists() and dataset.exists():
+        warn(f"{run_dir} was trained on {recorded}, which is gone; resuming on {dataset.absolute()}")
+        config = config.model_copy(update={"dataset": str(dataset.absolute())})
+    elif recorded.exists() and dataset.exists() and recorded.resolve() != dataset.resolve():
+        warn(f"--resume uses the run's own dataset {recorded}, not {dataset}")
+    return locate_init(config, run_dir)
 
 
 def _train_with_progress(job: Any, config: Any, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Any:

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from recap_core.config import RunConfig, load_run_config
 from recap_core.errors import CheckpointError
 from recap_core.train.checkpoint import RunCheckpoints
-from recap_core.train.state import ModelParts, fingerprint, init_parts
+from recap_core.train.state import ModelParts, count_params, fingerprint, init_parts
 from recap_core.train.step import abstract_train_state
 from recap_core.train.task import Task
 from recap_core.weights.init_source import load_published_weights, published_weights_kind
@@ -181,6 +181,27 @@ def copy_by_path(source: ModelParts, target: ModelParts, *, origin: str) -> Mode
     return ModelParts(target.graphdef, fill(target.trainable), fill(target.frozen))
 
 
+def parts_to_restore(
+    config: RunConfig, run_dir: Path, task: Task, mesh: Mesh, task_factory: TaskFactory
+) -> tuple[ModelParts, dict[str, Any]]:
+    """The model of an existing run, before its checkpoint is restored into it. Only the frozen
+    base comes from --init; when nothing is frozen every weight is in the checkpoint, and the --init
+    source is neither needed nor looked for (a run works without the run it started from)."""
+    parts = init_parts(task, config.seed, mesh)
+    if config.init == "random" or count_params(parts.frozen) == 0:
+        return parts, {"fingerprint": fingerprint(parts.frozen)}
+    return build_parts(locate_init(config, run_dir), task, mesh, task_factory)
+
+
+def locate_init(config: RunConfig, run_dir: Path) -> RunConfig:
+    """The run's config with --init found where it is now: as recorded, else relative to the run
+    (both moved together). Whichever is used, `check_base` then compares fingerprints."""
+    if config.init in ("random", "base") or Path(config.init).exists() or not config.init_from_run:
+        return config
+    moved = (Path(run_dir).absolute() / config.init_from_run).resolve()
+    return config.model_copy(update={"init": str(moved)}) if moved.exists() else config
+
+
 def load_parts(
     run_dir: Path, step: int | None, mesh: Mesh, *, task_factory: TaskFactory, use_ema: bool = True
 ) -> ModelParts:
@@ -189,7 +210,7 @@ def load_parts(
     config = load_run_config(run_dir / "config.json")
     step = latest_step(run_dir, step)
     task = task_factory(config)
-    parts, base = build_parts(config, task, mesh, task_factory)
+    parts, base = parts_to_restore(config, run_dir, task, mesh, task_factory)
     ckpts = RunCheckpoints(run_dir / "checkpoints", config.checkpoint, read_only=True)
     state, meta = ckpts.restore(step, abstract_train_state(parts, config))
     check_base(base, meta.get("base", {}), run_dir / "checkpoints" / str(step))

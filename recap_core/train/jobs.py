@@ -63,7 +63,15 @@ def preset_model(stage: str, preset: str) -> dict[str, Any]:
     model = getattr(found, "model", found)
     if not hasattr(model, "to_dict") or not hasattr(model, "pi06"):
         raise ConfigError(f"preset {preset!r} is not a policy preset", fix=f"{COMMANDS[stage]} needs a pi05/pi06 preset")
+    if stage == "sft" and model.pi06:
+        raise _sft_pi06(preset)
     return {"kind": POLICY_KIND, **model.to_dict()}
+
+
+def _sft_pi06(preset: str) -> ConfigError:
+    return ConfigError(f"preset {preset} is a pi0.6 policy (it reads the advantage indicator); "
+                       "sft trains pi0.5, whose data has no adv_ind to teach it",
+                       fix="use --preset pi05, pi05-lora or pi05-tiny, and `recap finetune` for pi0.6")
 
 
 TOKENIZER_ASSET = "tokenizer.model"
@@ -233,10 +241,8 @@ def _successful(info: DatasetInfo, lengths: dict[int, int]) -> dict[int, int]:
 
 
 def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJob:
-    if config.stage == "sft" and config.model.get("pi06"):
-        raise ConfigError(f"preset {config.preset} is a pi0.6 policy (it reads the advantage indicator); "
-                          "sft trains pi0.5, whose data has no adv_ind to teach it",
-                          fix="use --preset pi05, pi05-lora or pi05-tiny, and `recap finetune` for pi0.6")
+    if config.stage == "sft" and config.model.get("pi06"):  # a config file or --set can get here too
+        raise _sft_pi06(config.preset)
     info = check_dataset(config)
     root = Path(config.dataset)
     assets: dict[str, str | bytes] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +24,7 @@ from recap_core.errors import CheckpointError, OutputExistsError
 from recap_core.fsutil import atomic_output_dir, check_output
 from recap_core.stack import stack_versions
 from recap_core.train.checkpoint import RunCheckpoints, checkpoint_bytes
-from recap_core.train.init import TaskFactory, build_parts, check_base, init_run
+from recap_core.train.init import TaskFactory, build_parts, check_base, init_run, parts_to_restore
 from recap_core.train.metrics import MetricsLog
 from recap_core.train.sharding import (
     local_batch_size,
@@ -92,6 +93,16 @@ def check_run_dir(run_dir: Path, config: RunConfig, *, overwrite: bool) -> None:
     check_output(run_dir, True, inputs=tuple(inputs))
 
 
+def record_paths(config: RunConfig, run_dir: Path) -> None:
+    """What a run depends on, recorded so it works from any directory and after a move: the
+    dataset and the --init path absolute, and the --init path relative to the run too."""
+    config.dataset = str(Path(config.dataset).absolute()) if Path(config.dataset).exists() else config.dataset
+    if config.init not in ("random", "base") and Path(config.init).exists():
+        init = Path(config.init).absolute()
+        config.init = str(init)
+        config.init_from_run = os.path.relpath(init, Path(run_dir).absolute())
+
+
 def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | bytes], *, resume: bool, overwrite: bool) -> bool:
     """Create (or, with --resume, reuse) the run directory. Returns True when resuming."""
     run_dir = Path(run_dir)
@@ -103,6 +114,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | by
         return True
     check_run_dir(run_dir, config, overwrite=overwrite)
     config.versions = stack_versions()
+    record_paths(config, run_dir)
     if jax.process_index() == 0:
         with atomic_output_dir(run_dir, overwrite=overwrite) as tmp:
             (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
@@ -145,7 +157,8 @@ def train(
     t_start = time.perf_counter()
     maybe_initialize_distributed(config.distributed)
     run_dir = Path(run_dir).absolute()
-    init_run(config)  # a bad --init fails before the run directory exists
+    if not (resume and (run_dir / "config.json").is_file()):
+        init_run(config)  # a bad --init fails before the run directory exists
     resuming = prepare_run_dir(run_dir, config, job.assets, resume=resume, overwrite=overwrite)
     try:
         return _train_in(job, config, run_dir, resuming, on_event, t_start)
@@ -167,9 +180,12 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     mesh = make_mesh(config.fsdp_devices)
     task = job.task
 
-    parts, base = build_parts(config, task, mesh, job.task_factory)
     ckpts = RunCheckpoints(run_dir / "checkpoints", config.checkpoint)
     start_step = ckpts.latest_step() if resuming else None
+    if start_step is not None:
+        parts, base = parts_to_restore(config, run_dir, task, mesh, job.task_factory)
+    else:
+        parts, base = build_parts(config, task, mesh, job.task_factory)
     if start_step is not None:
         state, meta = ckpts.restore(start_step, abstract_train_state(parts, config))
         check_base(base, meta.get("base", {}), run_dir / "checkpoints" / str(start_step))

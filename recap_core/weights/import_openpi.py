@@ -107,7 +107,7 @@ def import_openpi(
         if key not in stats:
             raise CheckpointError(f"{stats_file} has no norm_stats.{key}",
                                   fix="pass a norm_stats.json with both state and actions (--norm-stats FILE)")
-    model = preset_model("sft", preset)
+    model = preset_model("finetune", preset)  # any policy preset; the stage follows from it
     stage = "finetune" if model.get("pi06") else "sft"
     step = _openpi_step(root)
     config = resolve_run_config(

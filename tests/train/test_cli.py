@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,12 +48,22 @@ def test_value_train_resume_and_refusals(datasets: Path) -> None:
     assert config["versions"] == stack_versions()
     config["versions"]["jax"] = "0.0.1"
     (datasets / "runs/v/config.json").write_text(json.dumps(config))
-    resumed = recap("value", "train", "ds", *common, "--steps", "4", "--resume", "--json", cwd=datasets)
+    # The run and its dataset move to another directory (another machine's mount): it resumes from there.
+    assert config["dataset"] == str(datasets / "ds")  # recorded absolute, whatever the cwd was
+    moved = datasets / "moved"
+    (moved / "runs").mkdir(parents=True)
+    shutil.move(datasets / "runs" / "v", moved / "runs" / "v")
+    shutil.move(datasets / "ds", moved / "ds")
+    try:
+        resumed = recap("value", "train", "ds", *common, "--steps", "4", "--resume", "--json", cwd=moved)
+    finally:
+        shutil.move(moved / "ds", datasets / "ds")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout)["start_step"] == 2
     warning = " ".join(resumed.stderr.split())
     assert f"jax 0.0.1 -> {stack_versions()['jax']}" in warning and warning.count("other versions") == 1
-    steps = [json.loads(line)["step"] for line in (datasets / "runs/v/metrics.jsonl").read_text().splitlines()]
+    assert f"trained on {datasets / 'ds'}, which is gone; resuming on {moved / 'ds'}" in warning
+    steps = [json.loads(line)["step"] for line in (moved / "runs/v/metrics.jsonl").read_text().splitlines()]
     assert steps[:2] == [1, 2] and steps[-1] == 4
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from recap_core.config import load_run_config
 from recap_core.errors import CheckpointError, OutputExistsError
 from recap_core.train.checkpoint import RunCheckpoints
 from recap_core.train.init import load_parts
@@ -168,3 +169,49 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(tmp_
     with pytest.raises(OSError):
         train(job, longer, tmp_path / "run", resume=True)
     assert RunCheckpoints(tmp_path / "run" / "checkpoints", read_only=True).steps() == [1, 2]
+
+
+def test_runs_work_from_anywhere_and_after_a_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child run keeps working when it and its --init run move together, from a directory that
+    holds a *different* runs/src, and refuses a replaced --init run naming both fingerprints."""
+    import shutil
+
+    mesh = make_mesh(1)
+    factory = lambda c: ToyTask()  # noqa: E731
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    src = toy_config(steps=3)
+    train(toy_job(src), src, Path("runs/src"))
+    child = toy_config(steps=3, init="runs/src")  # relative, as users type it
+    train(toy_job(child), child, Path("runs/child"))
+    before = load_parts(Path("runs/child"), None, mesh, task_factory=factory)
+
+    shutil.move(tmp_path / "a" / "runs", tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    monkeypatch.chdir(tmp_path / "c")
+    other = toy_config(steps=3, seed=7)
+    train(toy_job(other), other, Path("runs/src"))  # someone else's runs/src in the current directory
+    moved = load_parts(tmp_path / "b" / "child", None, mesh, task_factory=factory)
+    for a, b in zip(jax.tree.leaves(before.frozen), jax.tree.leaves(moved.frozen), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Resuming the moved run works too (with its own config, as `--resume` does).
+    longer = load_run_config(tmp_path / "b" / "child" / "config.json").model_copy(update={"steps": 4})
+    assert train(toy_job(longer), longer, tmp_path / "b" / "child", resume=True).start_step == 3
+
+    shutil.rmtree(tmp_path / "b" / "src")
+    shutil.copytree(Path("runs/src"), tmp_path / "b" / "src")  # a different run under the old name
+    with pytest.raises(CheckpointError, match="frozen base") as err:
+        load_parts(tmp_path / "b" / "child", None, mesh, task_factory=factory)
+    assert err.value.message.count("fingerprint") == 1 and ", found " in err.value.message
+
+
+def test_a_run_with_nothing_frozen_needs_not_its_init_run(tmp_path: Path) -> None:
+    src = toy_config(steps=3)
+    train(toy_job(src, freeze_backbone=False), src, tmp_path / "src")
+    child = toy_config(steps=3, init=str(tmp_path / "src"))
+    train(toy_job(child, freeze_backbone=False), child, tmp_path / "child")
+    import shutil
+
+    shutil.rmtree(tmp_path / "src")
+    parts = load_parts(tmp_path / "child", None, make_mesh(1), task_factory=lambda c: ToyTask(freeze_backbone=False))
+    assert jax.tree.leaves(parts.trainable)

@@ -54,7 +54,8 @@ def as_openpi(flat: dict) -> dict[tuple[str, ...], np.ndarray]:
 
 
 def policy_model(preset: str, sets: tuple[str, ...] = ()) -> nnx.Module:
-    config = resolve_run_config("sft", preset, "ds", sets=list(sets), model=preset_model("sft", preset))
+    stage = "finetune" if preset.startswith("pi06") else "sft"
+    config = resolve_run_config(stage, preset, "ds", sets=list(sets), model=preset_model(stage, preset))
     model_config = task_for_config(config).model_config
     return nnx.eval_shape(lambda: model_config.create(nnx.Rngs(0)))
 
