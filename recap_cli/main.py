@@ -8,6 +8,7 @@ the command bodies, so `recap --help` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 import traceback
@@ -19,6 +20,9 @@ from recap_cli import commands, output
 from recap_core import __version__
 from recap_core.errors import RecapError
 from recap_core.runtime import enable_compilation_cache
+
+HELP_WIDTH = 120
+"""Columns of `--help` when it is piped or captured and COLUMNS is not set."""
 
 app = typer.Typer(
     name="recap",
@@ -77,6 +81,10 @@ def main() -> None:
         output.state["verbose"] = True
     as_json = "--json" in sys.argv[1:]
     output.state["json_written"] = False
+    if not sys.stdout.isatty() and not os.environ.get("COLUMNS") and not os.environ.get("TERMINAL_WIDTH"):
+        import typer.rich_utils
+
+        typer.rich_utils.MAX_WIDTH = HELP_WIDTH  # piped `--help`: examples stay on one line (rich says 80)
     try:
         enable_compilation_cache()
         app()

@@ -240,7 +240,7 @@ class DemoRunner:
         label = self.stage("value label (Stage 5)", lambda: self.recap(
             "value", "label", "data/round1", "--checkpoint", "runs/value", "--output", "data/round1_labeled",
             "--top-percent", p.top_percent, "--lookahead", p.lookahead, "--demos", "value", "--report", "reports/label",
-            "--overwrite", "--no-preflight", json_out=True))
+            "--no-ema", "--overwrite", "--no-preflight", json_out=True))  # --no-ema: the protocol's labels
         raw = [self.work / "raw" / "demos", self.work / "raw" / "rollouts"]
         quality = self.stage("label quality (ground truth)", lambda: label_quality(
             self.work / "data" / "round1_labeled", raw, p.lookahead, demos="value").as_dict())

@@ -7,7 +7,9 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELI
 # Tests build the same tiny models many times: share compiled executables between them.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}
 .venv/bin/ruff check . || exit 1
-.venv/bin/python -m pytest "$@"
+# Two workers (CI has 2 cores), one test file per worker at a time: files share their fixtures.
+# RECAP_TEST_WORKERS=0 runs everything in this process.
+.venv/bin/python -m pytest -n "${RECAP_TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "no tests were collected: that is a failure" >&2

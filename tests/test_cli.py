@@ -28,6 +28,19 @@ def test_help_lists_commands_and_is_fast():
     assert probe.stdout.strip() == "False"
 
 
+def test_piped_help_keeps_examples_on_one_line():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    proc = subprocess.run([sys.executable, "-m", "recap_cli.main", "value", "label", "--help"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    example = [line for line in proc.stdout.splitlines() if "Example:" in line]
+    assert len(example) == 1 and example[0].rstrip().endswith("--report report/"), proc.stdout
+
+
 def test_version():
     proc = run_recap("--version")
     # The first line is recap's own version (scripts read it); the stack follows (issue 27).

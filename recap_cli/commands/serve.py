@@ -139,7 +139,9 @@ def serve(
     ] = 1.0,
     num_steps: Annotated[int, typer.Option("--num-steps", help="Flow-matching denoising steps.")] = 10,
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the sampling noise: the same seed answers the same requests alike.")
+        int, typer.Option("--seed", help="Seed of the sampling noise. A server started with the same seed answers the same sequence of "
+                 "requests with the same actions (the noise advances with every request, so the order of "
+                 "concurrent clients' requests matters).")
     ] = 0,
     api_key: Annotated[
         str | None,

@@ -107,6 +107,8 @@ def run_training(
 
         check_run_dir(run_dir, config, overwrite=overwrite)
     job = build_job(config, run_dir, resuming=resuming)
+    for note in job.notes:
+        info(f"note: {note}")
     result = _train_with_progress(job, config, run_dir, resume=resuming, overwrite=overwrite and not resuming,
                                   quiet=as_json)
     emit(_summary(result), as_json, _render)

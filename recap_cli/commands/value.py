@@ -35,7 +35,9 @@ def label(
             "mix operators of different skill). Corrections inside rollouts are positive either way.",
         ),
     ] = "positive",
-    use_ema: Annotated[bool, typer.Option("--use-ema", help="Use the checkpoint's EMA weights.")] = False,
+    use_ema: Annotated[bool, typer.Option(
+        "--use-ema/--no-ema", help="Predict with the checkpoint's EMA weights when it has them (as `serve` and `eval` "
+        "do, and as the seed's labeller did); --no-ema: the raw trained weights.")] = True,
     batch_size: Annotated[int, typer.Option(help="Frames per inference batch (global, all local devices).")] = 8,
     cameras: Annotated[
         list[str] | None, typer.Option("--cameras", help="Camera names to feed the model (repeat; default: the value run's cameras).")

@@ -547,6 +547,20 @@ def output_dataset_dir(out: Path, overwrite: bool = False, *, inputs: tuple[Path
     with atomic_output_dir(out, overwrite, inputs=inputs) as tmp:
         tmp.rmdir()
         yield tmp
+        prune_image_scratch(tmp)
+
+
+def prune_image_scratch(root: Path) -> None:
+    """Remove the empty `images/` folders LeRobot's writer leaves behind once frames are encoded
+    into videos (a dataset's files are data, meta and videos; empty folders only confuse)."""
+    images = Path(root) / "images"
+    if not images.is_dir():
+        return
+    for folder in sorted((p for p in images.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only empty ones go
+    with contextlib.suppress(OSError):
+        images.rmdir()
 
 
 def quiet_writers() -> None:

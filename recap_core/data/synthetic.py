@@ -107,7 +107,13 @@ def make_dataset(
     `action` [action_dim] and, with `with_recap`, the five RECAP columns. Episode `k` has task
     `tasks[k % len(tasks)]`; `frames` is one length for all episodes or one per episode.
     """
-    from recap_core.data.dataset import camera_feature, new_dataset, vector_feature, write_episode
+    from recap_core.data.dataset import (
+        camera_feature,
+        new_dataset,
+        prune_image_scratch,
+        vector_feature,
+        write_episode,
+    )
 
     root = Path(root)
     lengths = [int(n) for n in _per_episode(frames, episodes, "frames")]
@@ -134,6 +140,7 @@ def make_dataset(
             write_episode(ds, arrays, episode_tasks[ep], labels[ep] if labels is not None else None)
     finally:
         ds.finalize()
+    prune_image_scratch(root)
     return root
 
 

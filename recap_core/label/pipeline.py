@@ -48,7 +48,7 @@ class LabelOptions:
     top_percent: float = DEFAULT_TOP_PERCENT
     lookahead: int = DEFAULT_LOOKAHEAD
     per_task: bool = False
-    use_ema: bool = False
+    use_ema: bool = True
     batch_size: int = 8
     cameras: tuple[str, ...] | None = None
     output: Path | None = None

@@ -227,6 +227,38 @@ def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | 
     return mask
 
 
+def fit_action_dim(config: RunConfig, info: DatasetInfo) -> str | None:
+    """Take the policy's action width from the data (issue 20, item 2), decided once and written to
+    config. Actions are zero-padded to `model.action_dim`, so the width only has to cover the data:
+    a randomly initialised model widens to the dataset's (a -tiny preset has 8, ALOHA data 14), a
+    model initialised from a recap run takes that run's width, and published weights fix it (32 for
+    the real presets). Returns a note for the user when it changed, else None."""
+    if config.stage == "value" or "action_dim" not in config.model:
+        return None
+    have, need = int(config.model["action_dim"]), int(info.action_dim or 0)
+    found = init_run(config)
+    if found is not None:
+        parent = load_run_config(found[0] / "config.json")
+        width = int(parent.model.get("action_dim", have))
+        if need > width:
+            raise ConfigError(
+                f"{info.root}: actions have {need} dims, the --init run {found[0]} was trained for {width}",
+                fix="initialise from a run trained on data this wide, or use --init random",
+            )
+        config.model["action_dim"] = width
+        return f"model.action_dim {width}, as the --init run" if width != have else None
+    if need <= have:
+        return None
+    if config.init != "random":
+        raise ConfigError(
+            f"{info.root}: actions have {need} dims, more than the {have} of preset {config.preset} "
+            f"with --init {config.init} (the weights fix the width)",
+            fix="use a preset whose action_dim covers the dataset (real presets: 32), or --init random",
+        )
+    config.model["action_dim"] = need
+    return f"model.action_dim {have} -> {need}: the dataset's actions are {need}-dimensional"
+
+
 def _successful(info: DatasetInfo, lengths: dict[int, int]) -> dict[int, int]:
     """The episodes that succeeded (schema.episode_success: last frame's reward > 0)."""
     require_columns(info, [REWARD], stage="--success-only")
@@ -247,8 +279,10 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
     root = Path(config.dataset)
     assets: dict[str, str | bytes] = {}
     norm_stats = None
+    notes: list[str] = []
     if not resuming:
         config.data.delta_actions = resolve_delta_actions(config, info)  # recorded in config.json
+        notes += filter(None, [fit_action_dim(config, info)])
     if config.stage != "value":
         stats_file = Path(run_dir) / "assets" / "norm_stats.json"
         # A resumed run keeps the stats it started with, even if the dataset grew since.
@@ -279,4 +313,5 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
         train_data=train_data,
         val_batches=val_batches,
         assets=assets,
+        notes=notes,
     )

@@ -49,6 +49,8 @@ class TrainingJob:
     val_batches: Callable[[], Iterable[Batch]] | None = None
     assets: dict[str, str | bytes] = field(default_factory=dict)
     """Files written under `<run>/assets/` (relative path -> text or bytes): norm_stats.json, tokenizer.model."""
+    notes: list[str] = field(default_factory=list)
+    """What the job decided for the user from the data (e.g. the action width), to be shown before training."""
 
 
 @dataclass

@@ -66,12 +66,14 @@ def per_episode_value_metrics(pred: np.ndarray, target: np.ndarray, episode: np.
         rho = rank_correlation(pred[sel], target[sel])
         if not np.isnan(rho):
             rhos.append(rho)
-    return {
+    out = {
         "value_mae": float(np.abs(pred - target).mean()) if len(pred) else float("nan"),
         "value_mae_per_episode": float(np.mean(maes)) if maes else float("nan"),
-        "value_rank_corr_per_episode": float(np.mean(rhos)) if rhos else float("nan"),
         "episodes": float(len(maes)),
     }
+    if rhos:  # undefined (left out, not NaN) when no episode has two frames with distinct values
+        out["value_rank_corr_per_episode"] = float(np.mean(rhos))
+    return out
 
 
 def run_validation(

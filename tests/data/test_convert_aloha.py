@@ -27,6 +27,8 @@ def test_cli_converts_and_lerobot_reads_it(tiny_aloha_raw: Path, tmp_path: Path)
     summary = json.loads(res.stdout)
     assert summary["episodes"] == 2 and summary["frames"] == 24 and summary["success_rate"] == 0.5
     assert tree_digest(tiny_aloha_raw) == before
+    assert [p for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())] == []  # no writer scratch left
+    assert sorted(p.name for p in out.iterdir()) == ["data", "meta", "videos"]
 
     ds = LeRobotDataset("local/out", root=out, video_backend="pyav")
     assert ds.meta.robot_type == "aloha" and ds.fps == 10

@@ -23,11 +23,14 @@ from tests.data.conftest import copy_dataset, tree_digest
 def invoke(*args: object, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run `recap ARGS` in this process: (exit code, stdout, stderr)."""
     from recap_cli import main as cli
+    from recap_cli import output
 
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_env = sys.argv, dict(os.environ)
+    saved_widths = output.console._width, output.err_console._width
     sys.argv = ["recap", *map(str, args)]
     os.environ.update({"COLUMNS": "400", "HF_HUB_OFFLINE": "1", **(env or {})})
+    output.console.width = output.err_console.width = 400  # fixed when they were made: no wrapped paths
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -36,6 +39,7 @@ def invoke(*args: object, env: dict[str, str] | None = None) -> tuple[int, str, 
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        output.console._width, output.err_console._width = saved_widths
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)

@@ -121,3 +121,49 @@ def test_success_only_with_no_successful_episode_is_refused(tmp_path: Path) -> N
     ds = make_dataset(tmp_path / "failed", episodes=2, frames=8, cameras=("cam_high",), success=[False, False])
     with pytest.raises(ConfigError, match=r"no episode .* succeeded"):
         build_job(_value_config(ds, **{"data.success_only": True}), tmp_path / "run", resuming=False)
+
+
+def test_the_action_width_comes_from_the_data_or_the_init_run(tmp_path: Path) -> None:
+    """Issue 20 item 2: 14-dim ALOHA data trains a -tiny preset (width 8) without --set; a run made
+    from another takes that run's width; weights that fix the width refuse wider data at once."""
+    import json
+
+    from recap_core.data.dataset import open_dataset
+    from recap_core.errors import ConfigError
+    from recap_core.train.jobs import fit_action_dim, preset_model
+
+    info = open_dataset(make_dataset(tmp_path / "ds14", episodes=2, frames=4, cameras=("cam_high",)))
+    assert info.action_dim == 14
+
+    def config(stage: str, preset: str, init: str, sets: tuple[str, ...] = ()):
+        return resolve_run_config(stage, preset, info.root, flags={"init": init}, environ={}, sets=list(sets),
+                                  model=preset_model(stage, preset))
+
+    fresh = config("sft", "pi05-tiny", "random")
+    assert fresh.model["action_dim"] == 8
+    assert fit_action_dim(fresh, info) == "model.action_dim 8 -> 14: the dataset's actions are 14-dimensional"
+    assert fresh.model["action_dim"] == 14
+    wide = config("sft", "pi05-tiny", "random", ("model.action_dim=20",))
+    assert fit_action_dim(wide, info) is None and wide.model["action_dim"] == 20  # covers the data: kept
+
+    # --init RUN: the run's width, whatever the preset says; data wider than the run: refused.
+    run = tmp_path / "runs" / "sft"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(fresh.model_dump(mode="json")))
+    child = config("finetune", "pi06-tiny", str(run))
+    assert fit_action_dim(child, info) == "model.action_dim 14, as the --init run" and child.model["action_dim"] == 14
+    narrow = fresh.model_copy(deep=True)
+    narrow.model["action_dim"] = 10
+    (run / "config.json").write_text(json.dumps(narrow.model_dump(mode="json")))
+    with pytest.raises(ConfigError, match=r"actions have 14 dims, the --init run .* was trained for 10"):
+        fit_action_dim(config("finetune", "pi06-tiny", str(run)), info)
+
+    # Published weights fix the width: a real preset (32) covers 14; a 40-dim dataset is refused.
+    real = config("sft", "pi05", "base")
+    assert fit_action_dim(real, info) is None and real.model["action_dim"] == 32
+    info40 = open_dataset(make_dataset(tmp_path / "ds40", episodes=2, frames=4, cameras=("cam_high",),
+                                       state_dim=40, action_dim=40))
+    with pytest.raises(ConfigError, match="more than the 32 of preset pi05 with --init base") as err:
+        fit_action_dim(config("sft", "pi05", "base"), info40)
+    assert "--init random" in err.value.fix
+    assert fit_action_dim(config("value", "value-tiny", "random"), info) is None
