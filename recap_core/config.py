@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recap_core.errors import ConfigError
+from recap_core.stages import is_tiny
 
 Stage = Literal["sft", "finetune", "value"]
 FreezeMode = Literal["all_backbones", "siglip_only", "none"]
@@ -160,7 +161,7 @@ def stage_defaults(stage: Stage, preset: str) -> dict[str, Any]:
         out["ema_decay"] = None
     if stage == "value":
         out["freeze_mode"] = "all_backbones"
-    if preset.endswith("-tiny"):
+    if is_tiny(preset):
         out.update(
             steps=200,
             batch_size=8,

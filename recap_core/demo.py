@@ -49,14 +49,10 @@ ROW_LABELS = {
 
 
 def operator_rule():
-    """How the demo's "operator" corrects the robot during rollouts: when it drifts or stalls.
+    """How the demo's "operator" corrects the robot during rollouts (`sim.rollout.OPERATOR_RULE`)."""
+    from recap_core.sim.rollout import OPERATOR_RULE
 
-    Late enough that most frames stay the policy's own (its mistakes are what the value model
-    must find), early enough that a stuck policy is helped before the time runs out.
-    """
-    from recap_core.sim.rollout import InterventionRule
-
-    return InterventionRule(joint_threshold=0.2, drift_patience=5, stall_steps=25, takeover_steps=20)
+    return OPERATOR_RULE
 
 
 @dataclass(frozen=True)

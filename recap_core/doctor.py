@@ -19,36 +19,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from recap_core.errors import PreflightError
+from recap_core.errors import PreflightError, RecapError
 from recap_core.settings import Settings, get_settings
 from recap_core.stack import installed
+from recap_core.stages import STAGES as SPECS
+from recap_core.stages import get_stage, preset_size
 
 Status = Literal["ok", "warn", "fail", "skip"]
-STAGES = ("sft", "finetune", "value-train", "value-label", "serve")
+STAGES = (*SPECS,)  # the stage table (recap_core.stages) is the one list
 GIB = 1024**3
 
 # Expected vocabulary sizes of the sentencepiece models we load.
 GEMMA3_VOCAB = 262_144
 PALIGEMMA_VOCAB = 257_152
 
-# Host RAM (GiB) a stage needs, by preset size. Real-size figures are the targets our
-# benchmarks measure against (benchmarks/RESULTS.md); the seed needs ~25 GiB for value stages.
-HOST_RAM_GIB: dict[str, dict[str, float]] = {
-    "sft": {"real": 16.0, "lora": 12.0, "tiny": 2.0},
-    "finetune": {"real": 16.0, "lora": 12.0, "tiny": 2.0},
-    "value-train": {"real": 8.0, "lora": 8.0, "tiny": 2.0},
-    "value-label": {"real": 8.0, "lora": 8.0, "tiny": 2.0},
-    "serve": {"real": 12.0, "lora": 12.0, "tiny": 1.0},
-}
-# Disk (GiB) one checkpoint needs, by stage and preset size (trainable params + EMA + Adam).
-CHECKPOINT_GIB: dict[str, dict[str, float]] = {
-    "sft": {"real": 53.0, "lora": 1.0, "tiny": 0.05},
-    "finetune": {"real": 53.0, "lora": 1.0, "tiny": 0.05},
-    "value-train": {"real": 0.2, "lora": 0.2, "tiny": 0.05},
-    "value-label": {"real": 0.1, "lora": 0.1, "tiny": 0.05},
-    "serve": {"real": 0.0, "lora": 0.0, "tiny": 0.0},
-}
-DEFAULT_PRESET = {"sft": "pi05", "finetune": "pi06", "value-train": "value", "value-label": "value", "serve": "pi06"}
 
 # CUDA architectures for which jaxlib's CUDA plugin wheels ship compiled kernels (SASS), by the
 # first jaxlib release that added them. Anything else is JIT-compiled from PTX at start-up:
@@ -74,15 +58,6 @@ class MemInfo:
     available_bytes: int
 
 
-def preset_size(preset: str | None) -> str:
-    """'tiny', 'lora' or 'real' for a preset name."""
-    if not preset:
-        return "real"
-    if preset.endswith("-tiny"):
-        return "tiny"
-    return "lora" if "lora" in preset else "real"
-
-
 def read_meminfo() -> MemInfo:
     import psutil
 
@@ -95,11 +70,11 @@ def read_meminfo() -> MemInfo:
 
 def check_host_ram(stage: str, preset: str | None, mem: MemInfo | None = None) -> CheckResult:
     mem = mem or read_meminfo()
-    size = preset_size(preset or DEFAULT_PRESET[stage])
-    need = HOST_RAM_GIB[stage][size]
+    size = preset_size(preset or SPECS[stage].default_preset)
+    need = SPECS[stage].host_ram_gib[size]
     total, avail = mem.total_bytes / GIB, mem.available_bytes / GIB
     details = {"total_gib": round(total, 1), "available_gib": round(avail, 1), "required_gib": need,
-               "preset": preset or DEFAULT_PRESET[stage]}
+               "preset": preset or SPECS[stage].default_preset}
     msg = f"{avail:.1f} GiB available of {total:.1f} GiB; {stage} with {details['preset']} needs ~{need:.0f} GiB"
     if total < need:
         return CheckResult("host_ram", "fail", msg, "use a machine with more RAM, a LoRA or tiny preset, "
@@ -132,7 +107,7 @@ def check_gpu(stage: str, preset: str | None, devices: list[Any] | None = None) 
     details: dict[str, Any] = {"backend": platform, "device_count": len(devices), "xla_env": xla_env,
                                "jaxlib": ".".join(map(str, _jaxlib_version())), "devices": []}
     if platform != "gpu" and platform != "cuda":
-        real = preset_size(preset or DEFAULT_PRESET[stage]) != "tiny"
+        real = preset_size(preset or SPECS[stage].default_preset) != "tiny"
         msg = f"no GPU: JAX runs on {platform} ({len(devices)} device(s))"
         if real and stage != "serve":
             return CheckResult("gpu", "warn", msg + "; real-size presets are impractically slow on CPU",
@@ -313,7 +288,7 @@ def check_disk(stage: str, preset: str | None, output_dir: Path | None) -> Check
     while not probe.exists():
         probe = probe.parent
     free = shutil.disk_usage(probe).free / GIB
-    need = CHECKPOINT_GIB[stage][preset_size(preset or DEFAULT_PRESET[stage])]
+    need = SPECS[stage].checkpoint_gib[preset_size(preset or SPECS[stage].default_preset)]
     # Keep room for keep-last-N checkpoints plus one being written.
     need_total = need * 3
     details = {"path": str(where), "free_gib": round(free, 1), "checkpoint_gib": need}
@@ -325,13 +300,6 @@ def check_disk(stage: str, preset: str | None, output_dir: Path | None) -> Check
     return CheckResult("disk", "ok", msg, details=details)
 
 
-STAGE_COLUMNS = {
-    "sft": ("observation.state", "action"),
-    "finetune": ("observation.state", "action", "adv_ind"),
-    "value-train": ("value_label",),
-    "value-label": ("reward_label", "intervention"),
-    "serve": (),
-}
 
 
 def check_dataset(path: Path, stage: str) -> CheckResult:
@@ -343,8 +311,8 @@ def check_dataset(path: Path, stage: str) -> CheckResult:
         info = open_dataset(Path(path))
         details = {"path": str(path), "version": info.version, "episodes": info.episodes, "frames": info.frames,
                    "cameras": list(info.cameras)}
-        require_columns(info, STAGE_COLUMNS.get(stage, ()), stage=stage)
-        validate_dataset(info, columns=STAGE_COLUMNS.get(stage, ()))
+        require_columns(info, SPECS[stage].columns, stage=stage)
+        validate_dataset(info, columns=SPECS[stage].columns)
     except DatasetError as exc:
         return CheckResult("dataset", "fail", exc.message, exc.fix, {"path": str(path)})
     return CheckResult("dataset", "ok", f"{path}: LeRobot {info.version}, {info.episodes} episodes, "
@@ -370,17 +338,19 @@ def run_checks(
     `init` is the training `--init`: weights dirs are only checked when it is "base" (or, for
     "all", always). `mem` and `devices` may be injected (tests, or a remote machine's figures).
     """
-    if stage != "all" and stage not in STAGES:
-        from recap_core.errors import ConfigError
-
-        raise ConfigError(f"unknown stage {stage!r}", fix=f"use one of: all, {', '.join(STAGES)}")
+    if stage != "all":
+        try:
+            stage = get_stage(stage).name  # older spellings (value_train) are accepted
+        except RecapError as exc:
+            raise type(exc)(exc.message, fix=f"use one of: all, {', '.join(STAGES)}") from None
     settings = settings or get_settings()
     ram_stage = "sft" if stage == "all" else stage
     tiny = preset_size(preset) == "tiny"
     results = [check_versions(), check_host_ram(ram_stage, preset, mem), check_gpu(ram_stage, preset, devices),
                check_protobuf(), check_gemma_gm_data()]
-    need_bundle = stage in ("all", "value-label") or (stage == "value-train" and init == "base")
-    need_base = stage == "all" or (stage in ("sft", "finetune") and init == "base")
+    spec = SPECS.get(stage)
+    need_bundle = spec is None or spec.bundle == "always" or (spec.bundle == "init-base" and init == "base")
+    need_base = spec is None or (spec.base_weights and init == "base")
     if need_bundle and not tiny:
         results += check_vlm_bundle(settings)
     else:

@@ -35,6 +35,8 @@ ERRORS: dict[str, tuple[str, ...]] = {
     "import openpi": ("import", "openpi", MISSING, "out"),
     "value label": ("value", "label", MISSING, "--checkpoint", MISSING),
     "value train": ("value", "train", MISSING, "--preset", "value-tiny"),
+    "sim demos": ("sim", "demos", "out", "--operators", "nobody"),
+    "sim rollouts": ("sim", "rollouts", "out", "--policy", MISSING),
 }
 
 

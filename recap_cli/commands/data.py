@@ -66,7 +66,7 @@ def inspect(
     ready_for: Annotated[
         str | None,
         typer.Option(
-            "--ready-for", help="Exit 1 unless the dataset is ready for this stage: sft, finetune, value_train, value_label."
+            "--ready-for", help="Exit 1 unless the dataset is ready for this stage: sft, finetune, value-train, value-label."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report (schema: recap_core.data.inspect).")] = False,
@@ -80,14 +80,21 @@ def inspect(
 
     Example:  recap data inspect ./towels --json
     """
-    from recap_core.data.inspect import STAGES, inspect_dataset
     from recap_core.errors import RecapError
+    from recap_core.stages import DATA_STAGES, get_stage, inspect_dataset
 
-    if ready_for is not None and ready_for not in STAGES:
-        raise RecapError(f"--ready-for {ready_for!r} is not a stage", fix=f"use one of: {', '.join(STAGES)}")
+    stage = None
+    if ready_for is not None:
+        try:
+            stage = get_stage(ready_for).name  # older spellings (value_train) are accepted
+        except RecapError:
+            stage = None
+        if stage not in DATA_STAGES:
+            raise RecapError(f"--ready-for {ready_for!r} is not a stage that reads a dataset",
+                             fix=f"use one of: {', '.join(DATA_STAGES)}")
     report = inspect_dataset(dataset)
     emit(report, as_json, _render_report)
-    if ready_for is not None and not report["ready"][ready_for]["ready"]:
+    if stage is not None and not report["ready"][stage]["ready"]:
         raise typer.Exit(1)
 
 

@@ -10,13 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from recap_cli.output import console, emit
+from recap_core.stages import STAGES
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
 def doctor(
     stage: Annotated[
-        str, typer.Option("--stage", help="sft | finetune | value-train | value-label | serve | all")
+        str, typer.Option("--stage", help=" | ".join((*STAGES, "all")))
     ] = "all",
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Also check this dataset.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Preset the run will use (sizes RAM/disk).")] = None,

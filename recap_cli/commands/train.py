@@ -36,7 +36,6 @@ SuccessOnlyOpt = Annotated[bool, typer.Option(
     "--success-only",
     help="Train only on the episodes that succeeded (filtered behaviour cloning, the usual baseline for RECAP).")]
 
-DOCTOR_STAGE = {"sft": "sft", "finetune": "finetune", "value": "value-train"}
 
 
 def run_training(
@@ -92,10 +91,11 @@ def run_training(
     if not no_preflight:
         try:
             from recap_core.doctor import preflight
+            from recap_core.stages import for_run
         except ImportError:
             preflight = None
         if preflight is not None:
-            preflight(DOCTOR_STAGE[stage], warn=warn, preset=config.preset, dataset=Path(config.dataset),
+            preflight(for_run(stage).name, warn=warn, preset=config.preset, dataset=Path(config.dataset),
                       output_dir=run_dir, init=config.init)
     check_dataset(config)  # before anything compiles: say which stage's data is missing
     if not resuming:

@@ -1,9 +1,10 @@
-"""What a dataset holds and which RECAP stages it is ready for (`recap data inspect`).
+"""What a dataset holds (`recap data inspect`; `stages.inspect_dataset` adds which stages it is ready for).
 
 Reads metadata and tabular parquet columns, and from each video file only its first frame and the
 location of its last packets (`dataset.video_problems`), so it stays fast on large datasets.
 
-JSON schema of `inspect_dataset(...)` (stable; `recap data inspect --json` prints exactly this):
+JSON schema of `describe_dataset(...)` (stable; `recap data inspect --json` prints this plus `ready`,
+documented in `recap_core/stages.py`):
 
     root                   str      dataset directory
     version                str      "v3.0" | "v2.1"
@@ -26,13 +27,6 @@ JSON schema of `inspect_dataset(...)` (stable; `recap data inspect --json` print
     problems               [str]    validation failures (NaN/inf, intervention not 0/1, value_label out of
                                     [-1, 0], unknown adv_ind, missing videos, ...; each names the column,
                                     episode and frame) and one entry per unreadable video file (its path)
-    ready                  {stage: {"ready": bool, "missing": [str], "why": str | null, "fix": str | null}}
-                           for stage in "sft", "finetune", "value_train", "value_label":
-                             sft          needs observation.state, action and at least one camera
-                             finetune     sft's needs + adv_ind with at least one positive/negative frame
-                             value_train  value_label + at least one camera
-                             value_label  reward_label + intervention (the N-step advantage inputs)
-                           training stages also need a v3.0 dataset that passes validation.
 """
 
 from __future__ import annotations
@@ -45,18 +39,10 @@ import numpy as np
 from recap_core.data import schema
 from recap_core.errors import DatasetError
 
-STAGES = ("sft", "finetune", "value_train", "value_label")
-STAGE_COMMANDS = {
-    "sft": "recap sft",
-    "finetune": "recap finetune",
-    "value_train": "recap value train",
-    "value_label": "recap value label",
-}
 
-
-def inspect_dataset(root: str | Path) -> dict[str, Any]:
+def describe_dataset(root: str | Path) -> dict[str, Any]:
     """The report described in the module docstring. Raises DatasetError if `root` is not a dataset."""
-    from recap_core.data.dataset import STATE, V30, open_dataset, read_table, validate_dataset, video_problems
+    from recap_core.data.dataset import open_dataset, read_table, validate_dataset, video_problems
 
     info = open_dataset(Path(root), version=None)
     present = [c for c in schema.RECAP_COLUMNS if c in info.features]
@@ -118,7 +104,6 @@ def inspect_dataset(root: str | Path) -> dict[str, Any]:
     if schema.VALUE_LABEL in cols and len(episode):
         report["value_label_range"] = [float(cols[schema.VALUE_LABEL].min()), float(cols[schema.VALUE_LABEL].max())]
 
-    report["ready"] = readiness(report, is_v30=info.version == V30, state_key=STATE)
     return report
 
 
@@ -142,43 +127,4 @@ def _tasks(names: tuple[str, ...], task_index: np.ndarray, episode: np.ndarray, 
                 "frames": int(rows.sum()),
             }
         )
-    return out
-
-
-def readiness(report: dict[str, Any], *, is_v30: bool, state_key: str) -> dict[str, dict[str, Any]]:
-    """Per stage: ready or not, the missing columns, why, and the command that fixes it."""
-    from recap_core.data.dataset import ACTION, PRODUCED_BY
-
-    features = report["features"]
-    has_camera = bool(report["cameras"])
-    needs = {
-        "sft": [state_key, ACTION],
-        "finetune": [state_key, ACTION, schema.ADV_IND],
-        "value_train": [schema.VALUE_LABEL],
-        "value_label": [schema.REWARD_LABEL, schema.INTERVENTION],
-    }
-    out: dict[str, dict[str, Any]] = {}
-    for stage in STAGES:
-        missing = [c for c in needs[stage] if c not in features]
-        why: str | None = None
-        fix: str | None = None
-        if missing:
-            why = f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-            fix = f"add {missing[0]} with: {PRODUCED_BY.get(missing[0], 'the tool that recorded the dataset')}"
-        elif stage in ("sft", "finetune", "value_train") and not has_camera:
-            missing = ["observation.images.*"]
-            why = "no camera (video or image feature)"
-            fix = "record at least one camera as observation.images.<name>"
-        elif stage == "finetune" and report["adv_ind_counts"] is not None and not (
-            report["adv_ind_counts"].get(schema.ADV_POSITIVE) or report["adv_ind_counts"].get(schema.ADV_NEGATIVE)
-        ):
-            why = "adv_ind is 'none' on every frame, so there is nothing to condition on"
-            fix = "label advantages first: recap value label"
-        elif not is_v30:
-            why = "the dataset is LeRobot v2.1; training reads v3.0"
-            fix = f"convert it: recap convert v21-to-v30 {report['root']} {report['root']}_v30"
-        elif report["problems"]:
-            why = f"the dataset fails validation: {report['problems'][0]}"
-            fix = "repair the dataset (see the problem above) and inspect it again"
-        out[stage] = {"ready": why is None, "missing": missing, "why": why, "fix": fix}
     return out

@@ -47,6 +47,12 @@ class InterventionRule:
     takeover_steps: int = 20  # frames the expert keeps control once it steps in
 
 
+OPERATOR_RULE = InterventionRule(joint_threshold=0.2, drift_patience=5, stall_steps=25, takeover_steps=20)
+"""How the demo's (and `recap sim rollouts`') operator corrects the robot: when it drifts or stalls.
+Late enough that most frames stay the policy's own (its mistakes are what the value model must
+find), early enough that a stuck policy is helped before the time runs out."""
+
+
 @dataclasses.dataclass
 class Episode:
     """One recorded episode, frame t = the observation at t and the action taken from it."""

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from recap_core.config import RunConfig, load_run_config
 from recap_core.errors import CheckpointError
+from recap_core.stages import TRAINED, for_run, is_tiny
 from recap_core.train.checkpoint import RunCheckpoints
 from recap_core.train.state import ModelParts, count_params, fingerprint, init_parts
 from recap_core.train.step import abstract_train_state
@@ -29,11 +30,11 @@ from recap_core.train.task import Task
 from recap_core.weights.init_source import load_published_weights, published_weights_kind
 
 TaskFactory = Callable[[RunConfig], Task]
-POLICY_STAGES = ("sft", "finetune")
+POLICY_STAGES = tuple(s.run_stage for s in TRAINED if s.family == "policy")
 
 
 def stage_family(stage: str) -> str:
-    return "policy" if stage in POLICY_STAGES else "value"
+    return str(for_run(stage).family)
 
 
 def resolve_run_path(path: Path) -> tuple[Path, int | None]:
@@ -60,7 +61,7 @@ def resolve_run_path(path: Path) -> tuple[Path, int | None]:
 def init_run(config: RunConfig) -> tuple[Path, int | None] | None:
     """(run dir, step or None = latest) of the recap run `--init` names; None for random, base or
     published (openpi / VLM bundle) weights. A path that is none of these raises CheckpointError."""
-    if config.init == "base" and config.preset.endswith("-tiny"):
+    if config.init == "base" and is_tiny(config.preset):
         raise CheckpointError(f"--init base: preset {config.preset} has no published base weights (base means the "
                               "pi0.5 base checkpoint or the VLM bundle, for the full-size presets)",
                               fix="use --init random, or --init PATH (a run of this preset, or weights of its size)")

@@ -6,7 +6,6 @@ tokenizer come from, and how the episodes are split into train and validation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,18 +28,13 @@ from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
 from recap_core.data.schema import REWARD, episode_success
 from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
 from recap_core.errors import ConfigError
+from recap_core.stages import for_run, is_tiny
 from recap_core.train.init import init_run
 from recap_core.train.loop import TrainingJob
+from recap_core.train.run_tokenizer import TOKENIZER_ASSET, tokenizer_path
 from recap_core.train.task import Batch, Task
 from recap_core.train.validation import split_episodes
 
-# What each stage reads, and the command a user runs in the error message.
-STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "sft": ("observation.state", "action"),
-    "finetune": ("observation.state", "action", "adv_ind"),
-    "value": ("value_label",),
-}
-COMMANDS = {"sft": "recap sft", "finetune": "recap finetune", "value": "recap value train"}
 POLICY_KIND, VALUE_KIND = "pi0", "value"
 
 
@@ -62,7 +56,7 @@ def preset_model(stage: str, preset: str) -> dict[str, Any]:
     found = get_preset(preset)
     model = getattr(found, "model", found)
     if not hasattr(model, "to_dict") or not hasattr(model, "pi06"):
-        raise ConfigError(f"preset {preset!r} is not a policy preset", fix=f"{COMMANDS[stage]} needs a pi05/pi06 preset")
+        raise ConfigError(f"preset {preset!r} is not a policy preset", fix=f"{for_run(stage).command} needs a pi05/pi06 preset")
     if stage == "sft" and model.pi06:
         raise _sft_pi06(preset)
     return {"kind": POLICY_KIND, **model.to_dict()}
@@ -72,44 +66,6 @@ def _sft_pi06(preset: str) -> ConfigError:
     return ConfigError(f"preset {preset} is a pi0.6 policy (it reads the advantage indicator); "
                        "sft trains pi0.5, whose data has no adv_ind to teach it",
                        fix="use --preset pi05, pi05-lora or pi05-tiny, and `recap finetune` for pi0.6")
-
-
-TOKENIZER_ASSET = "tokenizer.model"
-"""The copy of the tokenizer a run trained with, under `<run>/assets/`: the run needs nothing else."""
-
-
-def tokenizer_path(config: RunConfig, run_dir: Path | None = None) -> Path:
-    """The tokenizer file of a run; the one place that decides it (training, serving, labelling).
-
-    A run that stores its own copy (`<run>/assets/tokenizer.model`, written when training starts)
-    uses that, so a moved or deleted original does not matter. Otherwise: the config's
-    `tokenizer`, a toy tokenizer for -tiny presets, else the file configured in settings.
-    """
-    if run_dir is not None:
-        stored = Path(run_dir) / "assets" / TOKENIZER_ASSET
-        if stored.is_file():
-            return stored
-    if config.tokenizer:
-        return Path(config.tokenizer).expanduser()
-    from recap_core.settings import get_settings
-
-    settings = get_settings()
-    if config.preset.endswith("-tiny"):
-        from recap_core.models.tokenizer import build_toy_tokenizer, toy_corpus
-
-        digest = hashlib.sha256("\n".join(toy_corpus(())).encode()).hexdigest()[:12]
-        path = settings.cache_dir / f"toy_tokenizer-{digest}.model"
-        if not path.is_file():
-            build_toy_tokenizer(path)
-        return path
-    if config.stage == "value":
-        return settings.vlm_bundle_dir / "tokenizer.model"
-    if settings.paligemma_tokenizer is None:
-        raise ConfigError(
-            "no PaliGemma tokenizer configured for a real-size policy preset",
-            fix="set RECAP_PALIGEMMA_TOKENIZER=/path/paligemma_tokenizer.model (or --set tokenizer=PATH)",
-        )
-    return settings.paligemma_tokenizer
 
 
 def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple[str, ...] | None = None,
@@ -124,7 +80,7 @@ def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple
     if config.stage in ("sft", "finetune"):
         if kind not in (None, POLICY_KIND):
             raise ConfigError(f"run config model.kind is {kind!r}; `{config.stage}` trains a {POLICY_KIND!r} model",
-                              fix=f"use a policy preset with {COMMANDS[config.stage]}")
+                              fix=f"use a policy preset with {for_run(config.stage).command}")
         from recap_core.models.pi0 import Pi0Config
         from recap_core.models.tokenizer import PolicyTokenizer
         from recap_core.train.policy_task import PolicyTask
@@ -133,7 +89,7 @@ def task_for_config(config: RunConfig, *, norm_stats: Any = None, cameras: tuple
         if config.stage == "finetune" and not model_config.pi06:
             raise ConfigError(f"preset {config.preset} is a pi0.5 policy; finetune trains pi0.6 (adv_ind)",
                               fix="use --preset pi06, pi06-lora or pi06-tiny")
-        tiny = config.preset.endswith("-tiny")
+        tiny = is_tiny(config.preset)
         tokenizer = PolicyTokenizer(
             tokenizer_path(config, run_dir), model_config.max_token_len, indicator_dropout=config.data.adv_ind_dropout,
             expected_vocab_size=None if tiny or config.tokenizer else model_config.vocab_size,
@@ -192,7 +148,7 @@ def _val_batches(root: Path, config: RunConfig, task: Task, val_eps: list[int],
 def check_dataset(config: RunConfig) -> DatasetInfo:
     """Open the dataset and fail (before anything compiles) if it lacks what the stage needs."""
     info = open_dataset(Path(config.dataset))
-    require_columns(info, STAGE_COLUMNS[config.stage], stage=COMMANDS[config.stage])
+    require_columns(info, for_run(config.stage).columns, stage=for_run(config.stage).command)
     if config.cameras:
         camera_keys_for(info, config.cameras)
     return info

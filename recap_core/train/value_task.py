@@ -16,6 +16,7 @@ import numpy as np
 
 from recap_core.config import RunConfig
 from recap_core.errors import DatasetError
+from recap_core.stages import is_tiny
 from recap_core.train.validation import per_episode_value_metrics
 
 
@@ -79,12 +80,12 @@ def value_task(config: RunConfig, cameras: Sequence[str], *, run_dir: Path | Non
     """The value task of a run config (`model.name` is the value preset, `freeze_mode` its freezing)."""
     from recap_core.models.tokenizer import ValueTokenizer
     from recap_core.models.value import value_config
-    from recap_core.train.jobs import tokenizer_path
+    from recap_core.train.run_tokenizer import tokenizer_path
 
     name = str(config.model.get("name", config.preset))
     targets = {k: config.model[k] for k in ("target", "hl_gauss_sigma") if k in config.model}
     model_config = value_config(name, freeze=config.freeze_mode or "all_backbones", **targets)
-    tiny = config.preset.endswith("-tiny")
+    tiny = is_tiny(config.preset)
     tokenizer = ValueTokenizer(
         tokenizer_path(config, run_dir), model_config.max_token_len, expected_vocab_size=None if tiny or config.tokenizer else 262_144
     )

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from recap_core.doctor import BUNDLE_GEMMA
 from recap_core.errors import CheckpointError
+from recap_core.stages import is_tiny
 
 CheckpointKind = Literal["openpi-full", "openpi-lora", "openpi-pi0", "recap-run", "bundle", "unknown"]
 
@@ -44,27 +44,9 @@ def is_recap_run(path: Path) -> bool:
             or (path.name.isdigit() and (path.parent.parent / "config.json").is_file()))
 
 
-def detect_checkpoint_kind(path: Path) -> CheckpointKind:
-    """Classify `path` from its layout and stored key names (reads no array data)."""
-    from recap_core.weights.openpi import OpenpiParams
-
-    path = Path(path).expanduser()
-    if is_recap_run(path):
-        return "recap-run"
-    if (path / BUNDLE_GEMMA).is_dir():
-        return "bundle"
-    params = openpi_params_dir(path)
-    if (params / "_METADATA").is_file():
-        try:
-            return OpenpiParams(params).kind
-        except CheckpointError:
-            return "unknown"
-    return "unknown"
-
-
 def other_preset(preset: str, *, lora: bool) -> str:
     """The preset of the same policy with (lora=True) or without LoRA: pi05 <-> pi05-lora."""
-    if preset.endswith("-tiny"):  # tiny presets have no -lora twin: LoRA is a choice of Gemma variants
+    if is_tiny(preset):  # tiny presets have no -lora twin: LoRA is a choice of Gemma variants
         variants = "model.paligemma_variant=dummy_lora --set model.action_expert_variant=dummy_expert_lora"
         return f"{preset} --set {variants}" if lora else f"{preset} without the dummy_*lora variants"
     base = preset.removesuffix("-lora")

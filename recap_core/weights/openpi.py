@@ -16,8 +16,15 @@ from typing import Any
 import jax
 from flax import traverse_util
 
+from recap_core.doctor import BUNDLE_GEMMA
 from recap_core.errors import CheckpointError
-from recap_core.weights.kinds import check_policy_kind, classify_openpi_keys, openpi_params_dir
+from recap_core.weights.kinds import (
+    CheckpointKind,
+    check_policy_kind,
+    classify_openpi_keys,
+    is_recap_run,
+    openpi_params_dir,
+)
 from recap_core.weights.match import abstract_flat, plan_restore
 from recap_core.weights.orbax_tree import (
     Key,
@@ -79,6 +86,22 @@ class OpenpiParams:
     @property
     def info(self) -> dict[Key, LeafInfo]:
         return self.leaves
+
+
+def detect_checkpoint_kind(path: Path) -> CheckpointKind:
+    """Classify `path` from its layout and stored key names (reads no array data)."""
+    path = Path(path).expanduser()
+    if is_recap_run(path):
+        return "recap-run"
+    if (path / BUNDLE_GEMMA).is_dir():
+        return "bundle"
+    params = openpi_params_dir(path)
+    if (params / "_METADATA").is_file():
+        try:
+            return OpenpiParams(params).kind
+        except CheckpointError:
+            return "unknown"
+    return "unknown"
 
 
 def load_policy_params(

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recap_core.data.inspect import inspect_dataset
 from recap_core.errors import DatasetError
+from recap_core.stages import inspect_dataset
 
 RECAP = [sys.executable, "-m", "recap_cli.main"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}
@@ -56,9 +56,9 @@ def test_plain_dataset_is_ready_for_sft_only(tiny_plain_dataset: Path) -> None:
     ready = r["ready"]
     assert ready["sft"] == {"ready": True, "missing": [], "why": None, "fix": None}
     assert not ready["finetune"]["ready"] and ready["finetune"]["missing"] == ["adv_ind"]
-    assert not ready["value_train"]["ready"] and ready["value_train"]["missing"] == ["value_label"]
-    assert ready["value_label"]["missing"] == ["reward_label", "intervention"]
-    assert "recap convert lerobot" in ready["value_label"]["fix"]
+    assert not ready["value-train"]["ready"] and ready["value-train"]["missing"] == ["value_label"]
+    assert ready["value-label"]["missing"] == ["reward_label", "intervention"]
+    assert "recap convert lerobot" in ready["value-label"]["fix"]
 
 
 def test_all_none_adv_ind_is_not_ready_for_finetune(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_validation_problems_block_readiness(tiny_dataset_two_tasks: Path, tmp_p
     r = inspect_dataset(root)
     assert r["value_label_range"][1] == pytest.approx(0.5)
     assert len(r["problems"]) == 1 and "value_label" in r["problems"][0]
-    assert not r["ready"]["value_train"]["ready"] and "fails validation" in r["ready"]["value_train"]["why"]
+    assert not r["ready"]["value-train"]["ready"] and "fails validation" in r["ready"]["value-train"]["why"]
 
 
 def test_not_a_dataset(tmp_path: Path) -> None:
@@ -105,7 +105,9 @@ def test_cli_inspect_bad_input_exits_2(tmp_path: Path, tiny_plain_dataset: Path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "not a LeRobot dataset" in proc.stderr and "Fix:" in proc.stderr and "Traceback" not in proc.stderr
     proc = recap("data", "inspect", str(tiny_plain_dataset), "--ready-for", "train")
-    assert proc.returncode == 2 and "value_train" in proc.stderr
+    assert proc.returncode == 2 and "value-train" in proc.stderr
+    proc = recap("data", "inspect", str(tiny_plain_dataset), "--ready-for", "value_train")  # the old spelling
+    assert proc.returncode == 1 and "value_label" in proc.stdout  # not ready: the column is missing
 
 
 def test_cli_stats_writes_openpi_file_atomically(tiny_dataset_two_tasks: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from recap_core.doctor import BUNDLE_GEMMA, BUNDLE_SIGLIP
 from recap_core.errors import BundleError, CheckpointError
 from recap_core.models.value import ValueModel, value_config
 from recap_core.weights.bundle import SIGLIP_NPZ, load_value_bundle, resolve_bundle
-from recap_core.weights.kinds import detect_checkpoint_kind
+from recap_core.weights.openpi import detect_checkpoint_kind
 from recap_core.weights.synthetic import sentinel_params, write_bundle
 
 HEADS = ("img_projection", "cross_attention", "cross_attn_norm", "value_head")

@@ -12,8 +12,7 @@ import pytest
 from flax import traverse_util
 
 from recap_core.errors import CheckpointError
-from recap_core.weights.kinds import detect_checkpoint_kind
-from recap_core.weights.openpi import load_policy_params, save_openpi_checkpoint
+from recap_core.weights.openpi import detect_checkpoint_kind, load_policy_params, save_openpi_checkpoint
 from recap_core.weights.synthetic import sentinel_params
 from tests.weights.conftest import TINY, abstract_policy
 
