@@ -30,6 +30,7 @@ from recap_core.data.dataset import (
     read_episodes_meta,
     read_parquet,
     read_table,
+    video_problems,
 )
 from recap_core.errors import DatasetError
 from recap_core.fsutil import atomic_output_dir, check_output, link_or_copy
@@ -56,6 +57,14 @@ def cut_episode_video(src: Path, dst: Path, start_s: float, end_s: float) -> int
     import av
 
     dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _cut(av, src, dst, start_s, end_s)
+    except av.error.FFmpegError as exc:  # damage past what the up-front check reads
+        raise DatasetError(f"video file {src} cannot be read: {exc}",
+                           fix="restore the video file from a backup or re-create the dataset") from None
+
+
+def _cut(av: Any, src: Path, dst: Path, start_s: float, end_s: float) -> int:
     count = 0
     with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
         stream = inp.streams.video[0]
@@ -94,6 +103,11 @@ def v30_to_v21(src: Path, out: Path, *, overwrite: bool = False, progress: Progr
     table = read_table(info)
     for path in data_files(info):  # every file must read before we start writing
         read_parquet(path, ["index"])
+    broken = video_problems(info)  # so must every video (first frame and last packets)
+    if broken:
+        raise DatasetError(f"{broken[0]}" + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""),
+                           fix="restore the video file from a backup or re-create the dataset; "
+                               "`recap data inspect` lists every unreadable file")
     episodes = read_episodes_meta(info, with_stats=True).to_pylist()
     chunks_size = int(info.info.get("chunks_size", 1000))
     video_template = info.info.get("video_path")

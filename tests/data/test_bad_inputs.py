@@ -169,6 +169,7 @@ CASES = [
     Case("merge-info-not-json", "merge", info_text("fps: 10\n"), ("<src>/meta/info.json", "not valid JSON")),
     Case("merge-video-truncated", "merge", truncate(CAM_HIGH), ("<src>/" + str(CAM_HIGH), "truncated")),
     Case("merge-video-garbage", "merge", truncate(CAM_HIGH, 1000), ("<src>/" + str(CAM_HIGH), "cannot be decoded")),
+    Case("v21-video-garbage", "v21", truncate(CAM_HIGH, 1000), ("<src>/" + str(CAM_HIGH), "cannot be decoded")),
     # data stats
     Case("stats-state-nan", "stats", cell("observation.state", float("nan"), dim=4), ("<src>", "'observation.state'", "NaN/inf", EPISODE_FRAME, "dim 4", "expected finite numbers")),
     Case("stats-action-inf", "stats", cell("action", float("-inf"), row=47, dim=1), ("'action'", "NaN/inf", "episode 2, frame 7")),
@@ -216,6 +217,8 @@ def _args(case: Case, sources: list[Path], out: Path) -> tuple[object, ...]:
         return ("data", "merge", *sources, "--output", out, *case.extra)
     if case.command == "stats":
         return ("data", "stats", sources[0], "--output", out, *case.extra)
+    if case.command == "v21":
+        return ("convert", "v30-to-v21", sources[0], out, *case.extra)
     return ("data", "inspect", sources[0], *case.extra)
 
 
@@ -237,7 +240,7 @@ def test_bad_input_is_one_panel_and_touches_nothing(case: Case, inputs, tmp_path
 
 def test_the_table_is_wide_enough() -> None:
     assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
-    assert {c.command for c in CASES} == {"aloha", "lerobot", "merge", "stats", "inspect"}
+    assert {c.command for c in CASES} == {"aloha", "lerobot", "merge", "stats", "inspect", "v21"}
 
 
 # --------------------------------------------------------------------------- data inspect's convention
