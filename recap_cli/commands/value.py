@@ -25,7 +25,9 @@ def label(
     ] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Rewrite DATASET itself, atomically.")] = False,
     top_percent: Annotated[float, typer.Option(help="Share of autonomous frames labelled positive, 0 < p <= 100.")] = 30.0,
-    lookahead: Annotated[int, typer.Option(help="N of the N-step advantage, in frames.")] = 50,
+    lookahead: Annotated[str, typer.Option(
+        help="N of the N-step advantage, in frames; 'episode': Monte Carlo advantages (the realised return-to-go "
+        "minus the prediction).")] = "50",
     per_task: Annotated[bool, typer.Option("--per-task", help="One threshold per task instead of one global.")] = False,
     demos: Annotated[
         str,
@@ -71,13 +73,13 @@ def label(
 
     # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.
     check_top_percent(top_percent)
-    check_lookahead(lookahead)
+    steps_ahead = check_lookahead(lookahead)
     check_demos(demos)
     shard_spec = parse_shard(shard)
     ckpt = resolve_value_checkpoint(checkpoint)
     # Feed the value model the cameras it was trained on unless told otherwise.
     options = LabelOptions(
-        top_percent=top_percent, lookahead=lookahead, per_task=per_task, use_ema=use_ema, batch_size=batch_size,
+        top_percent=top_percent, lookahead=steps_ahead, per_task=per_task, use_ema=use_ema, batch_size=batch_size,
         cameras=tuple(cameras) if cameras else ckpt.cameras, output=output, in_place=in_place,
         overwrite=overwrite, cache_dir=cache, shard=shard_spec, merge_from=tuple(merge_shards or ()),
         report_dir=report, demos=demos,

@@ -14,6 +14,10 @@ adding both would count a failure's terminal penalty twice (pistar's labelling s
 both; with an exact value function our form has zero mean, theirs does not). Consequently the
 last frame of every episode has A = 0.
 
+`--lookahead episode` gives Monte Carlo advantages instead: the realised return-to-go minus the
+prediction, A_t = sum_{k=t}^{T-1} r_k - V_t (no bootstrap: the episode's outcome itself, through
+the dense rewards and the terminal reward or failure penalty).
+
 Frames may arrive in any order; episodes are identified by `episode_index` and ordered by
 `frame_index`. Values that were not predicted are NaN and give NaN advantages wherever they are
 used, so nothing unpredicted can leak into a threshold unnoticed.
@@ -21,21 +25,33 @@ used, so nothing unpredicted can leak into a threshold unnoticed.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from recap_core.errors import ConfigError, DatasetError
 
 DEFAULT_LOOKAHEAD = 50
+EPISODE = "episode"
+"""`--lookahead episode`: Monte Carlo advantages (the return-to-go to the episode's end)."""
+Lookahead = int | Literal["episode"]
 
 
-def check_lookahead(lookahead: int) -> int:
-    """Validate `--lookahead` (a positive number of frames)."""
-    if int(lookahead) != lookahead or lookahead < 1:
+def check_lookahead(lookahead: int | str) -> Lookahead:
+    """Validate `--lookahead`: a positive number of frames, or "episode" (Monte Carlo)."""
+    if lookahead == EPISODE:
+        return EPISODE
+    try:
+        n = int(lookahead)
+        whole = n == float(lookahead)
+    except (TypeError, ValueError):
+        n, whole = 0, False
+    if not whole or n < 1:
         raise ConfigError(
-            f"--lookahead {lookahead} is not a positive whole number of frames",
-            fix=f"pass --lookahead N with N >= 1 (default {DEFAULT_LOOKAHEAD})",
+            f"--lookahead {lookahead} is not a positive whole number of frames, nor 'episode'",
+            fix=f"pass --lookahead N with N >= 1 (default {DEFAULT_LOOKAHEAD}), or --lookahead episode (Monte Carlo)",
         )
-    return int(lookahead)
+    return n
 
 
 def episode_order(episode_index: np.ndarray, frame_index: np.ndarray) -> np.ndarray:
@@ -81,7 +97,7 @@ def n_step_advantage(
     rewards: np.ndarray,
     episode_index: np.ndarray,
     frame_index: np.ndarray,
-    lookahead: int = DEFAULT_LOOKAHEAD,
+    lookahead: Lookahead = DEFAULT_LOOKAHEAD,
 ) -> np.ndarray:
     """A_t for every frame (see the module docstring), float32, in the input order.
 
@@ -101,22 +117,29 @@ def n_step_advantage(
     r = rewards[order]
     _, end = episode_bounds(episode_index[order])
     pos = np.arange(n)
-    boot = np.minimum(pos + lookahead, end - 1)
     # Float64 prefix sums keep the window sums exact enough on very long datasets.
     prefix = np.r_[0.0, np.cumsum(r)]
-    adv_sorted = prefix[boot] - prefix[pos] + v[boot] - v
+    if lookahead == EPISODE:
+        adv_sorted = prefix[end] - prefix[pos] - v
+    else:
+        boot = np.minimum(pos + lookahead, end - 1)
+        adv_sorted = prefix[boot] - prefix[pos] + v[boot] - v
     adv = np.empty(n, dtype=np.float32)
     adv[order] = adv_sorted
     return adv
 
 
 def bootstrap_rows(
-    episode_index: np.ndarray, frame_index: np.ndarray, lookahead: int = DEFAULT_LOOKAHEAD
+    episode_index: np.ndarray, frame_index: np.ndarray, lookahead: Lookahead = DEFAULT_LOOKAHEAD
 ) -> np.ndarray:
-    """For every frame, the (input-order) row whose value bootstraps its advantage."""
+    """For every frame, the (input-order) row whose value bootstraps its advantage (Monte Carlo:
+    the frame itself, whose value is the only one its advantage needs)."""
     lookahead = check_lookahead(lookahead)
     episode_index = np.asarray(episode_index).reshape(-1)
     frame_index = np.asarray(frame_index).reshape(-1)
+    if lookahead == EPISODE:
+        episode_order(episode_index, frame_index)  # validated like the N-step case
+        return np.arange(episode_index.size, dtype=np.int64)
     order = episode_order(episode_index, frame_index)
     _, end = episode_bounds(episode_index[order])
     pos = np.arange(order.size)

@@ -77,14 +77,14 @@ def dataset_fingerprint(info: DatasetInfo) -> str:
 
 
 def identity(
-    checkpoint_hash: str, info: DatasetInfo, cameras: Iterable[str], use_ema: bool, lookahead: int
+    checkpoint_hash: str, info: DatasetInfo, cameras: Iterable[str], use_ema: bool, lookahead: int | str
 ) -> dict[str, Any]:
     return {
         "checkpoint": checkpoint_hash,
         "dataset": dataset_fingerprint(info),
         "cameras": list(cameras),
         "use_ema": bool(use_ema),
-        "lookahead": int(lookahead),
+        "lookahead": lookahead if isinstance(lookahead, str) else int(lookahead),
     }
 
 

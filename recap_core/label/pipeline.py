@@ -26,7 +26,7 @@ from recap_core.data.dataset import (
 from recap_core.data.schema import INTERVENTION, REWARD_LABEL, VALUE_LABEL
 from recap_core.errors import ConfigError, DatasetError, RecapError
 from recap_core.fsutil import check_output
-from recap_core.label.advantage import DEFAULT_LOOKAHEAD, check_lookahead, n_step_advantage
+from recap_core.label.advantage import DEFAULT_LOOKAHEAD, Lookahead, check_lookahead, n_step_advantage
 from recap_core.label.cache import PredictionCache, default_cache_dir, identity
 from recap_core.label.predict import LoadFn, PredictFn, needed_mask, predict_values, shard_episodes
 from recap_core.label.relabel import FrameLabels, default_output, relabel_in_place, write_labelled_copy
@@ -46,7 +46,7 @@ class MissingPredictionsError(RecapError):
 @dataclass(frozen=True)
 class LabelOptions:
     top_percent: float = DEFAULT_TOP_PERCENT
-    lookahead: int = DEFAULT_LOOKAHEAD
+    lookahead: Lookahead = DEFAULT_LOOKAHEAD
     per_task: bool = False
     use_ema: bool = True
     batch_size: int = 8

@@ -61,7 +61,7 @@ def shard_episodes(episodes: np.ndarray, frames_per_episode: np.ndarray, shard: 
 
 
 def needed_mask(
-    intervention: np.ndarray, episode_index: np.ndarray, frame_index: np.ndarray, lookahead: int
+    intervention: np.ndarray, episode_index: np.ndarray, frame_index: np.ndarray, lookahead: int | str
 ) -> np.ndarray:
     """Frames whose value an advantage needs: autonomous frames and their bootstrap frames."""
     autonomous = np.asarray(intervention).reshape(-1) == 0

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recap_core.errors import ConfigError, DatasetError
-from recap_core.label.advantage import bootstrap_rows, n_step_advantage
+from recap_core.label.advantage import bootstrap_rows, check_lookahead, n_step_advantage
 
 
 def loop_reference(values, rewards, lengths, lookahead):
@@ -94,7 +94,21 @@ def test_bootstrap_rows():
     np.testing.assert_array_equal(bootstrap_rows(ep, fr, 2), [2, 2, 2, 4, 4])
 
 
-@pytest.mark.parametrize("bad", [0, -3, 1.5])
+def test_monte_carlo_advantage_is_the_return_to_go_minus_the_value():
+    """`--lookahead episode`: A_t = sum_{k>=t} r_k - V_t, terminal reward included, no bootstrap."""
+    ep = np.array([1, 1, 1, 0, 0])
+    fr = np.array([2, 0, 1, 1, 0])  # any order
+    r = np.array([0.5, -0.1, -0.2, -1.0, -0.3])
+    v = np.array([0.4, -0.2, 0.1, -0.9, -1.0])
+    want = np.array([0.5 - 0.4, (-0.1 - 0.2 + 0.5) + 0.2, (-0.2 + 0.5) - 0.1, -1.0 + 0.9, (-0.3 - 1.0) + 1.0])
+    np.testing.assert_allclose(n_step_advantage(v, r, ep, fr, "episode"), want, atol=1e-6)
+    # A lookahead that reaches past every end bootstraps on the last value instead (N-step's rule).
+    assert not np.allclose(n_step_advantage(v, r, ep, fr, 10), want)
+    np.testing.assert_array_equal(bootstrap_rows(ep, fr, "episode"), np.arange(5))  # needs its own value only
+    assert check_lookahead("episode") == "episode" and check_lookahead("50") == 50
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "ten", "1.5", "episodes"])
 def test_bad_lookahead(bad):
     with pytest.raises(ConfigError, match="--lookahead"):
         n_step_advantage(np.zeros(2), np.zeros(2), np.zeros(2, int), np.arange(2), bad)

@@ -236,3 +236,17 @@ def test_demos_mode_is_checked(src_dataset, tmp_path):
     with pytest.raises(Exception, match="--demos"):
         label_dataset_run(src_dataset, tmp_path / "out", tmp_path / "cache", demos="all")
     assert not (tmp_path / "out").exists()
+
+
+def test_monte_carlo_labels_predict_only_the_labelled_frames(src_dataset, tmp_path):
+    mc = label_dataset_run(src_dataset, tmp_path / "mc", tmp_path / "cache", lookahead="episode")
+    nstep = label_dataset_run(src_dataset, tmp_path / "n", tmp_path / "cache2", lookahead=2)
+    assert mc["lookahead"] == "episode" and mc["frames_predicted"] == mc["frames_labelled"]
+    assert nstep["frames_predicted"] >= mc["frames_predicted"]  # N-step also predicts its bootstrap frames
+    cols = _read(tmp_path / "mc", ["intervention", "value_pred", "advantage", "reward_label"])
+    auto = cols["intervention"] == 0
+    for ep in np.unique(cols["episode_index"][auto]):
+        rows = np.flatnonzero(cols["episode_index"] == ep)
+        rtg = np.cumsum(cols["reward_label"][rows][::-1])[::-1]
+        sel = auto[rows]
+        np.testing.assert_allclose(cols["advantage"][rows][sel], (rtg - cols["value_pred"][rows])[sel], atol=1e-5)
