@@ -167,6 +167,9 @@ def _render(summary: dict[str, Any]) -> None:
              f"{summary['trainable_params']:,} trainable / {summary['frozen_params']:,} frozen params)")
     if summary["val"]:
         info("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in summary["val"].items()))
+    fit = summary.get("fit") or {}
+    if fit.get("overfit"):
+        warn(f"{fit['message']} (fix: {fit['fix']})")
 
 
 def sft(

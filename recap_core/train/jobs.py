@@ -260,6 +260,10 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
         lengths = _successful(info, lengths)
     train_eps, val_eps = split_episodes(sorted(lengths), config.val.fraction, config.seed)
     val_batches = _val_batches(root, config, task, val_eps, lengths)
+    # The value stage also evaluates training episodes the same way (as many frames as held out).
+    seen_eps = train_eps[: max(len(val_eps), 1)]
+    train_eval = (_val_batches(root, config, task, seen_eps, lengths)
+                  if config.stage == "value" and val_batches is not None else None)
     # Episodes held out for validation are never trained on; without validation, train on all.
     train_data = _loader(root, config, task, train_eps if val_batches is not None else None, train=True)
 
@@ -268,6 +272,7 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
         task_factory=lambda cfg: task_for_config(cfg),
         train_data=train_data,
         val_batches=val_batches,
+        train_eval_batches=train_eval,
         assets=assets,
         notes=notes,
     )

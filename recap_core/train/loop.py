@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,7 +37,7 @@ from recap_core.train.sharding import (
 from recap_core.train.state import count_params
 from recap_core.train.step import abstract_train_state, init_train_state, make_eval_loss, make_train_step
 from recap_core.train.task import Batch, BatchSource, Task
-from recap_core.train.validation import run_validation
+from recap_core.train.validation import fit_verdict, run_validation
 
 
 @dataclass
@@ -49,6 +50,9 @@ class TrainingJob:
     val_batches: Callable[[], Iterable[Batch]] | None = None
     assets: dict[str, str | bytes] = field(default_factory=dict)
     """Files written under `<run>/assets/` (relative path -> text or bytes): norm_stats.json, tokenizer.model."""
+    train_eval_batches: Callable[[], Iterable[Batch]] | None = None
+    """The validation's evaluation on (a fixed sample of) training episodes: the value stage compares
+    the two to tell memorising from learning (`fit` in the result)."""
     notes: list[str] = field(default_factory=list)
     """What the job decided for the user from the data (e.g. the action width), to be shown before training."""
 
@@ -78,6 +82,8 @@ class TrainResult:
     val: dict[str, float]
     seconds: float
     steps_per_s: float
+    fit: dict[str, Any] | None = None
+    """`validation.fit_verdict` at the last validation (value stage): overfit or not, and why."""
 
 
 def check_run_dir(run_dir: Path, config: RunConfig, *, overwrite: bool) -> None:
@@ -215,6 +221,7 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     first_loss: float | None = None
     last_loss: float | None = None
     val_metrics: dict[str, float] = {}
+    fit: dict[str, Any] | None = None
     step = start_step
     t_window, window_start = time.perf_counter(), step
     steps_per_s = 0.0
@@ -239,6 +246,10 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
                 log.write(step, val_metrics, split="val")
                 if on_event:
                     on_event(StepEvent(step, config.steps, val_metrics, steps_per_s, kind="val"))
+                if job.train_eval_batches is not None and val_metrics:
+                    seen = run_validation(task, parts, state, job.train_eval_batches(), config, eval_loss, mesh)
+                    log.write(step, seen, split="train_eval")
+                    fit = fit_verdict(val_metrics, seen)
             if step % config.checkpoint.every == 0 or step == config.steps:
                 save(step)
     except KeyboardInterrupt:
@@ -270,5 +281,6 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
         val=val_metrics,
         seconds=seconds,
         steps_per_s=steps_per_s,
+        fit=fit,
     )
 

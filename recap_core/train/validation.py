@@ -111,3 +111,34 @@ def run_validation(
     if eval_outputs is not None and seen:
         result.update(task.summarize_eval({k: np.concatenate(v) for k, v in outputs.items()}, seen))
     return result
+
+
+OVERFIT_LOSS_RATIO = 1.5
+"""Held-out loss this many times the training episodes' loss (and at least 0.1 above it) is a gap."""
+OVERFIT_RANK_GAP = 0.3
+"""Per-episode Spearman this much lower on held-out episodes than on training ones is a gap."""
+
+
+def fit_verdict(val: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
+    """Does the model memorise its training episodes? Compares the same evaluation on held-out
+    episodes (`val`) and on training episodes (`seen`): loss, and the value model's per-episode
+    ranking when both have it. `overfit` is True with a message and a fix when either gap is large."""
+    out: dict[str, Any] = {"overfit": False, "val_loss": val.get("loss"), "train_loss": seen.get("loss")}
+    reasons = []
+    if val.get("loss") is not None and seen.get("loss") is not None:
+        ratio = val["loss"] / max(seen["loss"], 1e-9)
+        out["loss_ratio"] = ratio
+        if ratio >= OVERFIT_LOSS_RATIO and val["loss"] - seen["loss"] >= 0.1:
+            reasons.append(f"held-out loss {val['loss']:.3g} is {ratio:.1f}x the training episodes' {seen['loss']:.3g}")
+    key = "value_rank_corr_per_episode"
+    if key in val and key in seen:
+        gap = seen[key] - val[key]
+        out["rank_corr_gap"] = gap
+        if gap >= OVERFIT_RANK_GAP:
+            reasons.append(f"per-episode Spearman {val[key]:.2f} held out vs {seen[key]:.2f} on training episodes")
+    if reasons:
+        out.update(overfit=True, message="the model fits its training episodes far better than held-out ones: "
+                   + "; ".join(reasons),
+                   fix="train fewer steps, freeze the backbone (--freeze-mode all_backbones), add episodes, "
+                       "or use HL-Gauss targets (--target hl_gauss)")
+    return out

@@ -167,3 +167,30 @@ def test_the_action_width_comes_from_the_data_or_the_init_run(tmp_path: Path) ->
         fit_action_dim(config("sft", "pi05", "base"), info40)
     assert "--init random" in err.value.fix
     assert fit_action_dim(config("value", "value-tiny", "random"), info) is None
+
+
+def test_value_run_evaluates_training_episodes_too(value_run: tuple[Path, dict]) -> None:
+    """Issue 26 item 2: the same evaluation on training episodes, for the train-vs-held-out gap."""
+    from recap_core.train.validation import fit_verdict
+
+    run, _ = value_run
+    records = read_metrics(run)
+    val = [r for r in records if r["split"] == "val"]
+    seen = [r for r in records if r["split"] == "train_eval"]
+    assert [r["step"] for r in seen] == [r["step"] for r in val] == [2, 4]
+    assert all(math.isfinite(r["loss"]) and r["batches"] >= 1 for r in seen)
+    verdict = fit_verdict(val[-1], seen[-1])
+    assert verdict["val_loss"] == val[-1]["loss"] and verdict["train_loss"] == seen[-1]["loss"]
+
+
+def test_fit_verdict_flags_a_memorising_model_and_not_a_fitting_one() -> None:
+    from recap_core.train.validation import fit_verdict
+
+    fine = fit_verdict({"loss": 2.1, "value_rank_corr_per_episode": 0.8}, {"loss": 2.0, "value_rank_corr_per_episode": 0.85})
+    assert fine["overfit"] is False and "message" not in fine
+    by_loss = fit_verdict({"loss": 3.2}, {"loss": 1.1})
+    assert by_loss["overfit"] and "2.9x" in by_loss["message"] and "--freeze-mode" in by_loss["fix"]
+    by_rank = fit_verdict({"loss": 2.0, "value_rank_corr_per_episode": 0.1}, {"loss": 1.9, "value_rank_corr_per_episode": 0.9})
+    assert by_rank["overfit"] and "Spearman 0.10 held out vs 0.90" in by_rank["message"]
+    tiny = fit_verdict({"loss": 0.03}, {"loss": 0.01})  # 3x, but a few hundredths: noise, not a gap
+    assert tiny["overfit"] is False
