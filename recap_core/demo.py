@@ -16,6 +16,7 @@ recorded in `<workdir>/demo_state.json`, so rerunning the demo continues where i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -73,13 +74,20 @@ class DemoPlan:
     # 0.43 at the ground-truth mistakes; 0.83 with 50 frames), and Stage 6 learns most from a pure
     # positive set, the paper's 30% (31/100 vs 13/100 with 60%; README).
     top_percent: float = 30.0
-    lookahead: int = 50
+    # Plan v2 (2026-12-07): Monte Carlo advantages. Chosen on the development seed (100): Stage 6 on
+    # them 39/100 ("negative" 0) against 31/100 with the 50-frame N-step labels of plan v1, which
+    # the README's seeds 0-3 used (`recap demo --lookahead 50` reproduces them).
+    lookahead: int | str = "episode"
     full: bool = False
 
     @property
     def rows(self) -> tuple[str, ...]:
         return FULL_ROWS if self.full else CORE_ROWS
 
+
+QUALITY_HORIZON = 50
+"""Label precision counts a negative as right when a mistake follows within this many frames,
+whatever advantage made the labels (so plans compare on one scale)."""
 
 # 800 fine-tune steps: at 300 the pilot's Stage 6 barely moved (3/100); every fine-tune row gets the same budget.
 _DEFAULT = dict(demos=60, rollouts=40, eval_episodes=100, sft_steps=800, finetune_steps=800, value_steps=600,
@@ -239,7 +247,7 @@ class DemoRunner:
             "--no-ema", "--overwrite", "--no-preflight", json_out=True))  # --no-ema: the protocol's labels
         raw = [self.work / "raw" / "demos", self.work / "raw" / "rollouts"]
         quality = self.stage("label quality (ground truth)", lambda: label_quality(
-            self.work / "data" / "round1_labeled", raw, p.lookahead, demos="value").as_dict())
+            self.work / "data" / "round1_labeled", raw, QUALITY_HORIZON, demos="value").as_dict())
         self.stage("finetune (Stage 6)", lambda: self.train(("finetune",), "round1_labeled", "stage6", "pi06-tiny",
                                                             p.finetune_steps, init="runs/sft"))
         if "stage6_truth" in p.rows:
@@ -349,16 +357,21 @@ def plot_success(rows: dict[str, dict[str, Any]], path: Path, title: str) -> Non
 
 
 def run_demo(workdir: Path, *, plan: str = "default", seed: int = 0, overwrite: bool = False,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             lookahead: int | str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the demo in `workdir`; returns the summary with every row of the table.
 
     A workdir of the default plan continues under `full` (the extra rows are added, nothing rerun).
+    `lookahead` replaces the plan's advantage (50: plan v1's N-step labels).
     """
+    from recap_core.label.advantage import check_lookahead
+
     workdir = Path(workdir)
     if plan not in PLANS:
         raise ConfigError(f"unknown demo plan {plan!r}; expected one of {', '.join(PLANS)}",
                           fix="pass --plan default, --plan full or --fast")
     chosen = PLANS[plan]
+    if lookahead is not None:
+        chosen = dataclasses.replace(chosen, lookahead=check_lookahead(lookahead))
     state = workdir / "demo_state.json"
     if workdir.exists() and any(workdir.iterdir()):
         if overwrite:
@@ -371,7 +384,7 @@ def run_demo(workdir: Path, *, plan: str = "default", seed: int = 0, overwrite: 
             before = {**previous.get("plan", asdict(chosen)), "full": chosen.full}
             if before != asdict(chosen) or previous.get("seed", seed) != seed:
                 raise OutputExistsError(f"{workdir} holds a demo with another plan or seed",
-                                        fix="pass the same --plan/--fast and --seed, another --workdir, or --overwrite")
+                                        fix="pass the same --plan/--fast, --lookahead and --seed, another --workdir, or --overwrite")
     workdir.mkdir(parents=True, exist_ok=True)
     runner = DemoRunner(workdir, chosen, seed, log)
     runner.state["plan"] = asdict(chosen)

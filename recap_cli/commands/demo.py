@@ -16,9 +16,12 @@ def demo(
     plan: Annotated[
         str,
         typer.Option("--plan", help="default: the core rows (SFT, filtered BC, Stage 3, Stage 6, Stage 6 asked for "
-                     "'negative'); full: also the expert, SFT on the careful operator alone, Stage 6 on ground-truth "
-                     "labels and Stage 6 with --cfg-beta 2 (continues a default workdir)."),
+                     "'negative'); full: also the expert, Stage 6 on ground-truth labels and Stage 6 with --cfg-beta 2 "
+                     "(continues a default workdir)."),
     ] = "default",
+    lookahead: Annotated[str | None, typer.Option(
+        "--lookahead", help="The advantage of the labels: 'episode' (Monte Carlo, the plan's since v2) or N frames "
+        "(50: plan v1, the README's seeds 0-3).")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="A smoke run of a few minutes with every row (what CI runs).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for demos, rollouts, training and evaluation.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing workdir.")] = False,
@@ -32,7 +35,8 @@ def demo(
     """
     from recap_core.demo import run_demo
 
-    summary = run_demo(workdir, plan="fast" if fast else plan, seed=seed, overwrite=overwrite, log=err_console.print)
+    summary = run_demo(workdir, plan="fast" if fast else plan, seed=seed, overwrite=overwrite, lookahead=lookahead,
+                       log=err_console.print)
     emit(summary, as_json, render_summary)
 
 
