@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from recap_core.errors import PreflightError, RecapError
+from recap_core.models.tokenizer import GEMMA3_VOCAB_SIZE as GEMMA3_VOCAB
 from recap_core.settings import Settings, get_settings
 from recap_core.stack import installed
 from recap_core.stages import STAGES as SPECS
 from recap_core.stages import get_stage, preset_size
+from recap_core.weights.layout import BUNDLE_GEMMA, BUNDLE_HINT, BUNDLE_SIGLIP, BUNDLE_TOKENIZER
 
 Status = Literal["ok", "warn", "fail", "skip"]
 STAGES = (*SPECS,)  # the stage table (recap_core.stages) is the one list
 GIB = 1024**3
 
-# Expected vocabulary sizes of the sentencepiece models we load.
-GEMMA3_VOCAB = 262_144
-PALIGEMMA_VOCAB = 257_152
 
 
 # CUDA architectures for which jaxlib's CUDA plugin wheels ship compiled kernels (SASS), by the
@@ -239,13 +238,6 @@ def _orbax_metadata_ok(path: Path) -> str | None:
     except Exception as exc:  # orbax raises many types for a broken directory
         return f"{path} is not a readable orbax checkpoint ({type(exc).__name__}: {exc})"
     return None
-
-
-BUNDLE_GEMMA = Path("gemma-3-270m") / "step_00020000"
-BUNDLE_SIGLIP = Path("siglip2-so400m-patch14-224-jax")
-BUNDLE_TOKENIZER = Path("tokenizer.model")
-BUNDLE_HINT = ("download it with: hf download ybpy/vlm_ckpt --local-dir ~/Downloads/vlm_ckpt, or set "
-               "RECAP_VLM_BUNDLE_DIR (or OPENPI_VLM_CKPT_DIR) to where it is")
 
 
 def check_vlm_bundle(settings: Settings) -> list[CheckResult]:

@@ -53,3 +53,7 @@ class PreflightError(RecapError):
 
 class ServeError(RecapError):
     """The policy server cannot start as asked."""
+
+
+class ModelInputError(ConfigError):
+    """A model received inputs of the wrong shape or kind (usually a config/data mismatch)."""

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recap_core.errors import ConfigError
+from recap_core.errors import ConfigError, ModelInputError
 from recap_core.models.configs import named_config
-from recap_core.models.siglip import ModelInputError, make_stacked, run_stacked
+from recap_core.models.siglip import make_stacked, run_stacked
 
 Array = jax.Array
 

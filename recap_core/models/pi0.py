@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recap_core.errors import ConfigError
+from recap_core.errors import ConfigError, ModelInputError
 from recap_core.models import gemma as gemma_lib
 from recap_core.models import lora as lora_lib
-from recap_core.models.siglip import ModelInputError, Siglip, SiglipConfig, siglip_config
+from recap_core.models.siglip import Siglip, SiglipConfig, siglip_config
 from recap_core.models.tokenizer import INDICATOR_EXTRA_LEN, PALIGEMMA_VOCAB_SIZE, POLICY_MAX_LEN
 
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi model.IMAGE_KEYS

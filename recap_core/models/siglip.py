@@ -26,14 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recap_core.errors import ConfigError
+from recap_core.errors import ConfigError, ModelInputError
 from recap_core.models.configs import named_config
 
 Array = jax.Array
-
-
-class ModelInputError(ConfigError):
-    """A model received inputs of the wrong shape or kind (usually a config/data mismatch)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.scipy.special import ndtr
 
-from recap_core.errors import ConfigError
+from recap_core.errors import ConfigError, ModelInputError
 from recap_core.models.configs import named_config
 from recap_core.models.gemma3 import Gemma3, Gemma3Config, gemma3_config
-from recap_core.models.siglip import ModelInputError, MultiHeadAttention, Siglip, SiglipConfig, siglip_config
+from recap_core.models.siglip import MultiHeadAttention, Siglip, SiglipConfig, siglip_config
 
 Array = jax.Array
 

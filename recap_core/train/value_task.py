@@ -78,7 +78,7 @@ class ValueTask:
 
 def value_task(config: RunConfig, cameras: Sequence[str], *, run_dir: Path | None = None) -> ValueTask:
     """The value task of a run config (`model.name` is the value preset, `freeze_mode` its freezing)."""
-    from recap_core.models.tokenizer import ValueTokenizer
+    from recap_core.models.tokenizer import GEMMA3_VOCAB_SIZE, ValueTokenizer
     from recap_core.models.value import value_config
     from recap_core.train.run_tokenizer import tokenizer_path
 
@@ -87,7 +87,7 @@ def value_task(config: RunConfig, cameras: Sequence[str], *, run_dir: Path | Non
     model_config = value_config(name, freeze=config.freeze_mode or "all_backbones", **targets)
     tiny = is_tiny(config.preset)
     tokenizer = ValueTokenizer(
-        tokenizer_path(config, run_dir), model_config.max_token_len, expected_vocab_size=None if tiny or config.tokenizer else 262_144
+        tokenizer_path(config, run_dir), model_config.max_token_len, expected_vocab_size=None if tiny or config.tokenizer else GEMMA3_VOCAB_SIZE
     )
     cameras = tuple(cameras or config.cameras or ())
     if not cameras:

@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from recap_core.doctor import BUNDLE_GEMMA, BUNDLE_HINT, BUNDLE_SIGLIP, BUNDLE_TOKENIZER
 from recap_core.errors import BundleError, CheckpointError
+from recap_core.weights.layout import BUNDLE_GEMMA, BUNDLE_HINT, BUNDLE_SIGLIP, BUNDLE_TOKENIZER
 from recap_core.weights.match import abstract_flat, plan_restore
 from recap_core.weights.orbax_tree import (
     Key,

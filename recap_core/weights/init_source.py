@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from recap_core.doctor import BUNDLE_GEMMA
 from recap_core.errors import CheckpointError
 from recap_core.weights.kinds import is_recap_run, openpi_params_dir
+from recap_core.weights.layout import BUNDLE_GEMMA
 
 PublishedKind = Literal["openpi", "bundle"]
 

@@ -16,7 +16,6 @@ from typing import Any
 import jax
 from flax import traverse_util
 
-from recap_core.doctor import BUNDLE_GEMMA
 from recap_core.errors import CheckpointError
 from recap_core.weights.kinds import (
     CheckpointKind,
@@ -25,6 +24,7 @@ from recap_core.weights.kinds import (
     is_recap_run,
     openpi_params_dir,
 )
+from recap_core.weights.layout import BUNDLE_GEMMA
 from recap_core.weights.match import abstract_flat, plan_restore
 from recap_core.weights.orbax_tree import (
     Key,

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from recap_core.doctor import BUNDLE_GEMMA, BUNDLE_SIGLIP, BUNDLE_TOKENIZER
 from recap_core.weights.bundle import SIGLIP_NPZ
+from recap_core.weights.layout import BUNDLE_GEMMA, BUNDLE_SIGLIP, BUNDLE_TOKENIZER
 from recap_core.weights.match import abstract_flat
 from recap_core.weights.orbax_tree import Key, key_str, save_tree
 from recap_core.weights.stacking import unstack_key

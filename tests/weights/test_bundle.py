@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from recap_core.doctor import BUNDLE_GEMMA, BUNDLE_SIGLIP
 from recap_core.errors import BundleError, CheckpointError
 from recap_core.models.value import ValueModel, value_config
 from recap_core.weights.bundle import SIGLIP_NPZ, load_value_bundle, resolve_bundle
+from recap_core.weights.layout import BUNDLE_GEMMA, BUNDLE_SIGLIP
 from recap_core.weights.openpi import detect_checkpoint_kind
 from recap_core.weights.synthetic import sentinel_params, write_bundle
 
