@@ -49,6 +49,18 @@ def print_json(result: Any) -> None:
     state["json_written"] = True
 
 
+def keep_stdout_for_results() -> None:
+    """From now on, whatever native code prints to file descriptor 1 (gloo's "[Gloo] Rank 0 is
+    connected ..." in a multi-process run) goes to stderr; `print_json` and the stdout console
+    keep the real stdout, so `--json` stays one document."""
+    import os
+
+    sys.stdout.flush()
+    results = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(results, "w", buffering=1, closefd=True)
+
+
 def json_error(message: str, fix: str | None, exit_code: int) -> None:
     """The `--json` document of a failed command (stdout stays one parseable document)."""
     print_json({"error": message, "fix": fix, "exit_code": exit_code})

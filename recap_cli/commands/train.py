@@ -88,6 +88,14 @@ def run_training(
                  "cameras": cameras or None, "wandb": wandb, **(extra_flags or {})}
         config = resolve_run_config(stage, preset, dataset, config_file=config_file, flags=flags,
                                     sets=sets or [], model=preset_model(stage, preset))
+    from recap_core.train.sharding import maybe_initialize_distributed
+
+    if config.distributed.requested:
+        from recap_cli.output import keep_stdout_for_results
+
+        keep_stdout_for_results()  # gloo prints to fd 1
+    # Before anything can start JAX's backend (the preflight's device check, the data loaders).
+    maybe_initialize_distributed(config.distributed)
     if not no_preflight:
         try:
             from recap_core.doctor import preflight
