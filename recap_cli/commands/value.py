@@ -95,6 +95,8 @@ def label(
             dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=use_ema), options,
             on_start=on_start, on_batch=on_batch,
         )
+    # Which value model made the labels: a run has several steps, and the latest is the default.
+    result["checkpoint"] = {"run_dir": str(ckpt.run_dir), "step": ckpt.step, "use_ema": use_ema}
     emit(result, as_json, _render_label)
 
 
@@ -118,6 +120,8 @@ def _render_label(result: dict) -> None:
             f"{result['episodes_in_run']} episodes into [bold]{result['cache']}[/bold]"
         )
         return
+    used = result["checkpoint"]
+    console.print(f"value model: {used['run_dir']} step {used['step']} ({'EMA' if used['use_ema'] else 'raw'} weights)")
     thresholds = ", ".join(f"{k}: {v:.4g}" for k, v in result["thresholds"].items()) or "none"
     console.print(
         f"labelled {result['frames_labelled']} autonomous frames, "

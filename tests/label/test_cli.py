@@ -75,3 +75,4 @@ def test_merge_shards_of_another_checkpoint_is_refused(src_dataset, toy_value_ru
     assert res.returncode == 2, res.stderr
     assert "different" in " ".join(res.stderr.split())
     assert not (tmp_path / "out").exists()
+

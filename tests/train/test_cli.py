@@ -66,6 +66,12 @@ def test_value_train_resume_and_refusals(datasets: Path) -> None:
     steps = [json.loads(line)["step"] for line in (moved / "runs/v/metrics.jsonl").read_text().splitlines()]
     assert steps[:2] == [1, 2] and steps[-1] == 4
 
+    # The moved run labels data, and the result names the value model's step it used (issue 26).
+    labelled = recap("value", "label", "ds", "--checkpoint", str(moved / "runs/v"), "--no-preflight", "--json",
+                     "--output", "ds_labeled", cwd=datasets)
+    assert labelled.returncode == 0, labelled.stderr[-3000:]
+    assert json.loads(labelled.stdout)["checkpoint"] == {"run_dir": str(moved / "runs/v"), "step": 4, "use_ema": True}
+
 
 def test_stage_data_and_init_errors(datasets: Path) -> None:
     missing = recap("value", "train", "plain", "--preset", "value-tiny", "--init", "random",
