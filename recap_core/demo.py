@@ -49,13 +49,6 @@ ROW_LABELS = {
 }
 
 
-def operator_rule():
-    """How the demo's "operator" corrects the robot during rollouts (`sim.rollout.OPERATOR_RULE`)."""
-    from recap_core.sim.rollout import OPERATOR_RULE
-
-    return OPERATOR_RULE
-
-
 @dataclass(frozen=True)
 class DemoPlan:
     """Sizes of one demo run. `fast` is the CI smoke run; `default` the README's main job; `full`
@@ -183,6 +176,7 @@ class DemoRunner:
         """Serve the SFT policy with `recap serve` and collect DAgger rollouts through the websocket."""
         from recap_core.sim.collect import collect
         from recap_core.sim.remote import remote_policy
+        from recap_core.sim.rollout import OPERATOR_RULE
 
         cmd = _recap_cmd("serve", "runs/sft", "--port", "0", "--json", "--no-preflight")
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
@@ -191,7 +185,7 @@ class DemoRunner:
             url = _read_ready(server)
             with remote_policy(url) as policy_fn:
                 res = collect(policy_fn, TASK, self.plan.rollouts, self.rollout_seed,
-                              self.work / "raw" / "rollouts", rule=operator_rule(), overwrite=True)
+                              self.work / "raw" / "rollouts", rule=OPERATOR_RULE, overwrite=True)
         finally:
             server.terminate()
             try:

@@ -55,6 +55,12 @@ def train_tiny_policy(config, run: Path) -> Path:
     return run
 
 
+def panel_text(panel: str) -> str:
+    """An error panel's text as one line: borders gone, wrapped lines joined (rich fixes a console's
+    width when it is made, so a panel can be 80 columns whatever COLUMNS says later)."""
+    return " ".join("".join(" " if "\u2500" <= ch <= "\u257f" else ch for ch in panel).split())
+
+
 def run_recap(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600,
               check: bool = False) -> subprocess.CompletedProcess:
     """Run the real `recap` CLI in a subprocess (as a user would)."""

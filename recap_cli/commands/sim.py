@@ -110,7 +110,7 @@ def rollouts(
     from recap_core.errors import ConfigError
     from recap_core.fsutil import check_output
     from recap_core.sim.collect import collect
-    from recap_core.sim.remote import remote_policy, serve_policy
+    from recap_core.sim.remote import remote_policy, serve_run
     from recap_core.sim.rollout import OPERATOR_RULE
     from recap_core.sim.task import get_task
 
@@ -121,11 +121,8 @@ def rollouts(
     check_output(out, overwrite, inputs=(policy,) if policy is not None else ())
     with contextlib.ExitStack() as stack:
         if policy is not None:
-            from recap_core.serve.loading import ServeOptions, load_policy
-
             with err_console.status(f"loading {policy}"):
-                loaded = load_policy(policy, ServeOptions())
-            url = stack.enter_context(serve_policy(loaded))
+                url = stack.enter_context(serve_run(policy))
         else:
             url = str(server)
         policy_fn = stack.enter_context(remote_policy(url, api_key=api_key, connect_timeout_s=connect_timeout))

@@ -108,11 +108,9 @@ def run_training(
     check_dataset(config)  # before anything compiles: say which stage's data is missing
     if not resuming:
         from recap_core.train.init import init_run
-
-        init_run(config)  # a bad --init fails now, not after the norm stats and the model are built
-    if not resuming:
         from recap_core.train.loop import check_run_dir
 
+        init_run(config)  # a bad --init fails now, not after the norm stats and the model are built
         check_run_dir(run_dir, config, overwrite=overwrite)
     job = build_job(config, run_dir, resuming=resuming)
     for note in job.notes:

@@ -27,6 +27,7 @@ from recap_core.data.dataset import DatasetInfo, episode_lengths
 from recap_core.data.schema import ADV_IND
 from recap_core.errors import RecapError
 from recap_core.fsutil import atomic_write_bytes, atomic_write_text
+from recap_core.label.advantage import Lookahead
 from recap_core.label.relabel import AUDIT_COLUMNS
 
 IDENTITY_FILE = "identity.json"
@@ -77,7 +78,7 @@ def dataset_fingerprint(info: DatasetInfo) -> str:
 
 
 def identity(
-    checkpoint_hash: str, info: DatasetInfo, cameras: Iterable[str], use_ema: bool, lookahead: int | str
+    checkpoint_hash: str, info: DatasetInfo, cameras: Iterable[str], use_ema: bool, lookahead: Lookahead
 ) -> dict[str, Any]:
     return {
         "checkpoint": checkpoint_hash,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from recap_core.errors import ConfigError
-from recap_core.label.advantage import bootstrap_rows
+from recap_core.label.advantage import Lookahead, bootstrap_rows
 from recap_core.label.cache import PredictionCache
 
 Batch = dict[str, Any]
@@ -61,7 +61,7 @@ def shard_episodes(episodes: np.ndarray, frames_per_episode: np.ndarray, shard: 
 
 
 def needed_mask(
-    intervention: np.ndarray, episode_index: np.ndarray, frame_index: np.ndarray, lookahead: int | str
+    intervention: np.ndarray, episode_index: np.ndarray, frame_index: np.ndarray, lookahead: Lookahead
 ) -> np.ndarray:
     """Frames whose value an advantage needs: autonomous frames and their bootstrap frames."""
     autonomous = np.asarray(intervention).reshape(-1) == 0

@@ -154,6 +154,13 @@ def check_dataset(config: RunConfig) -> DatasetInfo:
     return info
 
 
+def init_parent(config: RunConfig) -> tuple[Path, RunConfig] | None:
+    """The recap run `--init` names and its config (None for random, base or published weights):
+    what a new run inherits from it (delta-action convention, action width)."""
+    found = init_run(config)
+    return None if found is None else (found[0], load_run_config(found[0] / "config.json"))
+
+
 def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | bool:
     """The run's delta-action mask (False: absolute actions), decided once and written to config.
 
@@ -164,8 +171,7 @@ def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | 
         return False
     where = str(info.root)
     wanted = config.data.delta_actions
-    found = init_run(config)
-    parent = load_run_config(found[0] / "config.json") if found is not None else None
+    parent = (init_parent(config) or (None, None))[1]
     inherited = parent.data.delta_actions if parent is not None and parent.stage != "value" else None
     if wanted is None:
         wanted = inherited if inherited is not None else False
@@ -192,13 +198,13 @@ def fit_action_dim(config: RunConfig, info: DatasetInfo) -> str | None:
     if config.stage == "value" or "action_dim" not in config.model:
         return None
     have, need = int(config.model["action_dim"]), int(info.action_dim or 0)
-    found = init_run(config)
+    found = init_parent(config)
     if found is not None:
-        parent = load_run_config(found[0] / "config.json")
+        parent_dir, parent = found
         width = int(parent.model.get("action_dim", have))
         if need > width:
             raise ConfigError(
-                f"{info.root}: actions have {need} dims, the --init run {found[0]} was trained for {width}",
+                f"{info.root}: actions have {need} dims, the --init run {parent_dir} was trained for {width}",
                 fix="initialise from a run trained on data this wide, or use --init random",
             )
         config.model["action_dim"] = width

@@ -192,14 +192,12 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     start_step = ckpts.latest_step() if resuming else None
     if start_step is not None:
         parts, base = parts_to_restore(config, run_dir, task, mesh, job.task_factory)
-    else:
-        parts, base = build_parts(config, task, mesh, job.task_factory)
-    if start_step is not None:
         state, meta = ckpts.restore(start_step, abstract_train_state(parts, config))
         check_base(base, meta.get("base", {}), run_dir / "checkpoints" / str(start_step))
         if meta.get("data") is not None:
             job.train_data.load_state_dict(meta["data"])
     else:
+        parts, base = build_parts(config, task, mesh, job.task_factory)
         state = init_train_state(parts, config)
         start_step = 0
 

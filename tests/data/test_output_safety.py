@@ -17,6 +17,7 @@ import pytest
 
 from recap_core.errors import OutputExistsError, RecapError
 from recap_core.fsutil import atomic_output_dir, atomic_write_text, check_output, remove_stale_temps
+from tests.conftest import panel_text
 from tests.data.conftest import copy_dataset, tree_digest
 
 
@@ -46,14 +47,8 @@ def invoke(*args: object, env: dict[str, str] | None = None) -> tuple[int, str, 
     return code, out.getvalue(), err.getvalue()
 
 
-def flatten(panel: str) -> str:
-    """A rich panel's text as one line: borders gone, wrapped lines joined (the console's width is
-    fixed when it is created, so it can be 80 columns whatever COLUMNS says now)."""
-    return " ".join("".join(" " if "\u2500" <= ch <= "\u257f" else ch for ch in panel).split())
-
-
 def refused(code: int, err: str, *words: str) -> None:
-    flat = flatten(err)
+    flat = panel_text(err)
     assert code == 2, err
     assert "Traceback" not in err and flat.count("Fix:") == 1, err
     for word in words:

@@ -19,6 +19,7 @@ import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from recap_core.serve.client import check_health
+from tests.conftest import panel_text
 
 RECAP = [sys.executable, "-m", "recap_cli.main"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "200", "NO_COLOR": "1"}
@@ -97,8 +98,7 @@ def test_user_mistakes_exit_2_with_one_panel(tmp_path: Path, args: list[str], me
     (tmp_path / "keep.txt").write_text("data")
     result = _run(*(a.format(tmp=tmp_path) for a in args), "--no-preflight")
     assert result.returncode == 2, result.stderr
-    panel_text = " ".join(result.stderr.replace("│", " ").split())  # undo the panel's borders and wrapping
-    assert message in panel_text
+    assert message in panel_text(result.stderr)
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # input untouched
 
@@ -118,5 +118,5 @@ def test_run_dir_goes_through_preflight_then_names_the_unservable_model(tmp_path
     (run / "config.json").write_text(json.dumps({"preset": "pi06-tiny", "model": {"kind": "pi99"}}))
     result = _run(str(run), "--port", "0")
     assert result.returncode == 2, result.stderr
-    assert "kind 'pi99'" in " ".join(result.stderr.replace("│", " ").split())
+    assert "kind 'pi99'" in panel_text(result.stderr)
     assert "Traceback" not in result.stderr

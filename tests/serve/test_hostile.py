@@ -31,7 +31,7 @@ from recap_core.serve import protocol
 from recap_core.serve.client import health_url
 from recap_core.serve.observation import ObservationSpec, RequestError, prepare_observation
 from recap_core.serve.server import PolicyServer, ServerConfig, ServerThread, bind_socket, client_text
-from tests.conftest import run_recap
+from tests.conftest import panel_text, run_recap
 from tests.serve.policies import STATE_DIM, echo_observation, expected_actions, state_echo_policy
 from tests.serve.test_server import running
 
@@ -355,16 +355,12 @@ def test_a_prebound_port_refuses_clients_until_the_server_is_ready() -> None:
 # ---- the CLI --------------------------------------------------------------------------------
 
 
-def _panel_text(stderr: str) -> str:
-    return " ".join(stderr.replace("│", " ").split())  # undo the panel's borders and wrapping
-
-
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "1e9"])
 def test_bad_max_message_mb_is_refused(value: str) -> None:
     result = run_recap("serve", "--policy", "zeros", "--action-shape", "1,1", "--port", "0",
                        "--max-message-mb", value, timeout=60)
     assert result.returncode == 2, result.stderr
-    text = _panel_text(result.stderr)
+    text = panel_text(result.stderr)
     assert "--max-message-mb must be a number from 0.001 to 4096 (MB)" in text
     assert "Traceback" not in result.stderr and result.stdout == ""
 
@@ -381,7 +377,7 @@ def test_port_in_use_fails_at_once_before_the_model_loads(tmp_path: Path) -> Non
         result = run_recap("serve", run, "--port", port, timeout=60)
         elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr
-    text = _panel_text(result.stderr)
+    text = panel_text(result.stderr)
     assert f"cannot listen on 127.0.0.1:{port}" in text
     assert "choose another --port or stop the process using it" in text
     assert "pi99" not in text and "Traceback" not in result.stderr
