@@ -1,7 +1,9 @@
 """Checkpoint bytes per step, from the eval_shape trainable set (no weights are materialised).
 
 A recap checkpoint stores the trainable params, their EMA (when on) and AdamW's two moments, all
-in the params' dtype, plus a few scalars. This prints that size next to the full param tree.
+in the params' dtype, plus a few scalars; a params-only last step (`--no-keep-optimizer`) drops the
+moments. This prints both sizes next to the full param tree (all float32, as the issue counts it)
+and the tree as trained (frozen params in the preset's `frozen_dtype`).
 
     python benchmarks/checkpoint_size.py [--presets value pi06-lora ...]
 """
@@ -60,14 +62,18 @@ def measure(stage: str, preset: str, freeze_mode: str | None = None) -> dict:
     model = {"kind": "value", "name": preset} if stage == "value" else {"kind": "pi0", **policy_model(stage, preset)}
     config = resolve_run_config(stage, preset, "-", flags={"freeze_mode": freeze_mode}, environ={}, model=model)
     parts = abstract_parts(task_for(stage, preset, freeze_mode), config.seed)
+    trained = abstract_parts(task_for(stage, preset, freeze_mode), config.seed, config.frozen_dtype)
     trainable = count_bytes(parts.trainable)
-    copies = 3 + (1 if config.ema_decay is not None else 0)  # params + mu + nu (+ EMA)
+    ema = 1 if config.ema_decay is not None else 0
+    copies = 3 + ema  # params + mu + nu (+ EMA)
     full = trainable + count_bytes(parts.frozen)
     return {
         "stage": stage, "preset": preset, "freeze_mode": config.freeze_mode, "ema": config.ema_decay is not None,
         "trainable_params": count_params(parts.trainable), "frozen_params": count_params(parts.frozen),
         "checkpoint_bytes": trainable * copies, "full_tree_bytes": full,
         "checkpoint_fraction_of_full_tree": trainable * copies / full,
+        "params_only_bytes": trainable * (1 + ema), "params_only_fraction_of_full_tree": trainable * (1 + ema) / full,
+        "frozen_dtype": config.frozen_dtype, "trained_tree_bytes": trainable + count_bytes(trained.frozen),
         "method": "eval_shape (computed, not written)",
     }
 

@@ -55,6 +55,10 @@ class CheckpointConfig(_Section):
     keep_every: int | None = Field(5000, ge=1)
     """Also keep every checkpoint whose step is a multiple of this (openpi's keep_period)."""
     async_save: bool = True
+    final_optimizer: bool = True
+    """Keep the optimiser state in the last step's checkpoint (`--keep-optimizer`). False writes it
+    params-only (trainable params + EMA): what serve, export, eval, label and --init read, a third of
+    the bytes or less, but it cannot be resumed (start a new run from it with --init)."""
 
 
 class ValConfig(_Section):
@@ -116,6 +120,10 @@ class RunConfig(_Section):
     ema_decay: float | None = Field(0.99, ge=0, lt=1)
     freeze_mode: FreezeMode | None = None
     """Value model only: which backbones stay frozen."""
+    frozen_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """dtype of the frozen (never updated) params, as openpi's trainer casts them: bfloat16 halves
+    the base's memory; trainable params, EMA and optimiser state stay float32. The tiny presets keep
+    float32 (their measured results were made so)."""
     fsdp_devices: int = Field(1, ge=1)
     log_every: int = Field(100, ge=1)
     wandb: Literal["disabled", "online", "offline"] = "disabled"
@@ -163,6 +171,7 @@ def stage_defaults(stage: Stage, preset: str) -> dict[str, Any]:
         out["freeze_mode"] = "all_backbones"
     if is_tiny(preset):
         out.update(
+            frozen_dtype="float32",
             steps=200,
             batch_size=8,
             log_every=10,
@@ -328,4 +337,6 @@ def load_run_config(path: Path) -> RunConfig:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}", fix="restore config.json from a backup") from exc
+    if isinstance(data, dict):
+        data.setdefault("frozen_dtype", "float32")  # runs made before frozen_dtype existed kept float32
     return validate_run_config(data, origin=str(path))

@@ -294,24 +294,73 @@ def check_disk(stage: str, preset: str | None, output_dir: Path | None) -> Check
 
 
 
-def check_dataset(path: Path, stage: str) -> CheckResult:
-    """Open the dataset, check the stage's columns, and run the data layer's validation."""
+def check_dataset(path: Path, stage: str, preset: str | None = None, cameras: list[str] | None = None) -> CheckResult:
+    """Open the dataset, check the stage's columns, run the data layer's validation and, given the
+    run's preset, whether the data fits its model (`stages.preset_fit`: action width, the cameras
+    trained on: `cameras`, default all)."""
     from recap_core.data.dataset import open_dataset, require_columns, validate_dataset
     from recap_core.errors import DatasetError
+    from recap_core.stages import preset_fit
 
     try:
         info = open_dataset(Path(path))
-        details = {"path": str(path), "version": info.version, "episodes": info.episodes, "frames": info.frames,
-                   "cameras": list(info.cameras)}
+        details: dict[str, Any] = {"path": str(path), "version": info.version, "episodes": info.episodes,
+                                   "frames": info.frames, "cameras": list(info.cameras)}
         require_columns(info, SPECS[stage].columns, stage=stage)
         validate_dataset(info, columns=SPECS[stage].columns)
     except DatasetError as exc:
         return CheckResult("dataset", "fail", exc.message, exc.fix, {"path": str(path)})
-    return CheckResult("dataset", "ok", f"{path}: LeRobot {info.version}, {info.episodes} episodes, "
-                       f"{info.frames} frames, cameras {', '.join(info.cameras) or 'none'}", details=details)
+    msg = f"{path}: LeRobot {info.version}, {info.episodes} episodes, {info.frames} frames, " \
+          f"cameras {', '.join(info.cameras) or 'none'}"
+    if preset is not None:
+        fit = preset_fit({"action_dim": info.action_dim, "cameras": list(cameras or info.cameras)}, preset)
+        details["preset_fit"] = fit
+        if fit["problems"]:
+            first = fit["problems"][0]
+            return CheckResult("dataset", "fail", f"{msg}; does not fit {preset}: {first['problem']}", first["fix"],
+                               details)
+        msg += "".join(f"; {note}" for note in fit["notes"])
+    return CheckResult("dataset", "ok", msg, details=details)
 
 
 # --------------------------------------------------------------------------- orchestration
+
+
+def check_step_memory(stage: str, preset: str | None, *, batch_size: int | None, devices: int | None,
+                      fsdp: int | None, device_memory: int | None, local_devices: list[Any] | None = None) -> CheckResult:
+    """Device memory of `stage`'s training step with `preset`, compiled for a mesh of `devices` x
+    `fsdp` (recap_core.train.memory), against `device_memory` bytes per device (default: the local
+    accelerator's)."""
+    from recap_core.config import resolve_run_config
+    from recap_core.train import memory
+    from recap_core.train.jobs import preset_model
+
+    spec = SPECS[stage]
+    if spec.run_stage is None:
+        return CheckResult("step_memory", "skip", f"{stage} trains nothing")
+    preset = preset or spec.default_preset
+    flags: dict[str, Any] = {"fsdp_devices": fsdp or 1}
+    if batch_size:
+        flags["batch_size"] = batch_size
+    config = resolve_run_config(spec.run_stage, preset, "unused", flags=flags, environ={},
+                                model=preset_model(spec.run_stage, preset))
+    if devices is None:
+        import jax
+
+        devices = jax.device_count()
+    if device_memory is None and local_devices is not None and len(local_devices) >= devices:
+        device_memory = memory.device_memory_of(local_devices)
+    result = memory.verdict(memory.predict(config, devices=devices, batch_size=config.batch_size), device_memory)
+    details = {k: result.get(k) for k in ("peak_bytes", "parts", "xla", "devices", "fsdp", "batch_size", "platform",
+                                          "frozen_dtype", "device_memory_bytes", "fits", "verdict", "compile_seconds")}
+    details["preset"] = preset
+    where = f"{preset}, batch {config.batch_size}, {devices} device(s), fsdp {config.fsdp_devices}"
+    if result.get("fits") is False:
+        return CheckResult("step_memory", "fail", f"{where}: {result['message']}", result["fix"], details)
+    if result.get("fits") is None:
+        return CheckResult("step_memory", "warn", f"{where}: {result['message']}",
+                           "pass --device-memory (e.g. 24GB, 80GB) for a verdict", details)
+    return CheckResult("step_memory", "ok", f"{where}: {result['message']}", details=details)
 
 
 def run_checks(
@@ -324,6 +373,7 @@ def run_checks(
     settings: Settings | None = None,
     mem: MemInfo | None = None,
     devices: list[Any] | None = None,
+    cameras: list[str] | None = None,
 ) -> list[CheckResult]:
     """Run the checks `stage` needs ("all": every check, host RAM for the most demanding stage).
 
@@ -354,7 +404,7 @@ def run_checks(
     if stage != "serve":
         results.append(check_disk(ram_stage, preset, output_dir))
     if dataset is not None:
-        results.append(check_dataset(dataset, ram_stage if stage != "all" else "sft"))
+        results.append(check_dataset(dataset, ram_stage if stage != "all" else "sft", preset, cameras))
     return results
 
 

@@ -151,3 +151,32 @@ def readiness(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             fix = "repair the dataset (see the problem above) and inspect it again"
         out[name] = {"ready": why is None, "missing": missing, "why": why, "fix": fix}
     return out
+
+
+def preset_fit(report: dict[str, Any], preset: str) -> dict[str, Any]:
+    """Does a dataset (`inspect_dataset`'s report) fit a preset's model? Before a run starts:
+
+    problems  what would stop the run (actions wider than published weights allow, more cameras than
+              the model has image slots), each with its fix;
+    notes     what the run will decide from the data (a random-init policy widening `action_dim`).
+    """
+    from recap_core.presets import get_preset
+
+    spec = get_preset(preset)
+    problems: list[dict[str, str]] = []
+    notes: list[str] = []
+    if spec.kind == "policy":
+        model = spec.model
+        have, need = int(model.action_dim), int(report.get("action_dim") or 0)
+        if need > have and is_tiny(preset):
+            notes.append(f"actions have {need} dims, {preset} has {have}: a --init random run widens "
+                         f"model.action_dim to {need}")
+        elif need > have:
+            problems.append({"problem": f"actions have {need} dims, more than the {have} of {preset} "
+                             "(its published weights fix the width)",
+                             "fix": "drop action dims the robot does not use, or train a -tiny preset with --init random"})
+        cams, slots = list(report.get("cameras") or []), len(model.image_keys)
+        if len(cams) > slots:
+            problems.append({"problem": f"{len(cams)} cameras ({', '.join(cams)}), {preset} has {slots} image slots",
+                             "fix": f"train on {slots} of them: --cameras {' --cameras '.join(cams[:slots])}"})
+    return {"preset": preset, "kind": spec.kind, "fits": not problems, "problems": problems, "notes": notes}

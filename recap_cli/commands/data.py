@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from recap_cli.output import console, emit, err_console
@@ -69,6 +70,9 @@ def inspect(
             "--ready-for", help="Exit 1 unless the dataset is ready for this stage: sft, finetune, value-train, value-label."
         ),
     ] = None,
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="Also say whether the data fits this preset's model (action width, cameras); with "
+        "--ready-for, a mismatch exits 1.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report (schema: recap_core.data.inspect).")] = False,
 ) -> None:
     """What a dataset holds and which stages it is ready for (and why not).
@@ -93,8 +97,13 @@ def inspect(
             raise RecapError(f"--ready-for {ready_for!r} is not a stage that reads a dataset",
                              fix=f"use one of: {', '.join(DATA_STAGES)}")
     report = inspect_dataset(dataset)
+    if preset is not None:
+        from recap_core.stages import preset_fit
+
+        report["preset_fit"] = preset_fit(report, preset)
     emit(report, as_json, _render_report)
-    if stage is not None and not report["ready"][stage]["ready"]:
+    misfit = preset is not None and not report["preset_fit"]["fits"]
+    if stage is not None and (not report["ready"][stage]["ready"] or misfit):
         raise typer.Exit(1)
 
 
@@ -134,6 +143,14 @@ def _render_report(r: dict) -> None:
         mark = "[green]yes[/green]" if entry["ready"] else "[red]no[/red]"
         ready.add_row(stage, mark, "" if entry["ready"] else f"{entry['why']}\n[dim]{entry['fix']}[/dim]")
     console.print(ready)
+    fit = r.get("preset_fit")
+    if fit is not None:
+        verdict = "[green]fits[/green]" if fit["fits"] else "[red]does not fit[/red]"
+        console.print(f"preset {escape(fit['preset'])}: {verdict}")
+        for p in fit["problems"]:
+            console.print(f"  [red]{escape(p['problem'])}[/red]\n  [dim]fix: {escape(p['fix'])}[/dim]")
+        for note in fit["notes"]:
+            console.print(f"  [dim]{escape(note)}[/dim]")
     for problem in r["problems"]:
         err_console.print(f"[yellow]problem:[/yellow] {problem}")
 

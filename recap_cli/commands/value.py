@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from recap_cli.commands.train import KeepOptimizerOpt
 from recap_cli.output import console, emit, err_console, warn
 
 value_app = typer.Typer(help="Train the value model and label advantages.", no_args_is_help=True)
@@ -159,6 +160,7 @@ def train(
     fsdp_devices: Annotated[int | None, typer.Option("--fsdp-devices", help="FSDP shard count.")] = None,
     cameras: Annotated[list[str] | None, typer.Option("--cameras", help="Cameras to train on (repeat).")] = None,
     wandb: Annotated[str | None, typer.Option("--wandb", help="online | offline")] = None,
+    keep_optimizer: KeepOptimizerOpt = None,
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the doctor's checks.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON document.")] = False,
 ) -> None:
@@ -173,7 +175,8 @@ def train(
                  sets=[*(set_ or []), *(["ema_decay=none"] if ema is False else []),
                        *([f"model.target={target}"] if target is not None else [])],
                  config_file=config, fsdp_devices=fsdp_devices, cameras=cameras, wandb=wandb,
-                 no_preflight=no_preflight, as_json=as_json, extra_flags={"freeze_mode": freeze_mode})
+                 no_preflight=no_preflight, as_json=as_json,
+                 extra_flags={"freeze_mode": freeze_mode, "checkpoint.final_optimizer": keep_optimizer})
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,9 @@
 """Small, atomic, resumable checkpoints with orbax `CheckpointManager`.
 
 Each `<run>/checkpoints/<step>/` holds two items:
-- `state`: the train state pytree (trainable params, EMA, optimiser state, step, rng);
+- `state`: the train state pytree (trainable params, EMA, optimiser state, step, rng); a run's last
+  step may be written without the optimiser state (`meta.optimizer` false: for serving and export,
+  not resumable);
 - `meta`:  JSON (format, stage, preset, step, data position, the frozen base's identity).
 Frozen params are never written: `meta.base` records where they came from and their
 fingerprint, and loading checks the re-attached base against it. Orbax writes each step into
@@ -44,8 +46,11 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        meta = {"format": FORMAT, "step": int(step), **meta}
+    def save(self, step: int, state: Any, meta: dict[str, Any], *, optimizer: bool = True) -> None:
+        """Save `state` at `step`; `optimizer=False` leaves out the optimiser state (params-only)."""
+        if not optimizer:
+            state = {k: v for k, v in state.items() if k != "opt_state"}
+        meta = {"format": FORMAT, "step": int(step), "optimizer": bool(optimizer), **meta}
         self.manager.save(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -63,8 +68,11 @@ class RunCheckpoints:
         return meta
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Restore onto the shardings given by `abstract_state` (ShapeDtypeStructs with sharding)."""
+        """Restore onto the shardings given by `abstract_state` (ShapeDtypeStructs with sharding). A
+        params-only step comes back without `opt_state` (`meta["optimizer"]` is False)."""
         meta = self.read_meta(step)
+        if meta.get("optimizer") is False:
+            abstract_state = {k: v for k, v in abstract_state.items() if k != "opt_state"}
         try:
             restored = self.manager.restore(
                 step,

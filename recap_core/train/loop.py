@@ -26,8 +26,10 @@ from recap_core.fsutil import atomic_output_dir, check_output
 from recap_core.stack import stack_versions
 from recap_core.train.checkpoint import RunCheckpoints, checkpoint_bytes
 from recap_core.train.init import TaskFactory, build_parts, check_base, init_run, parts_to_restore
+from recap_core.train.memory import check_step
 from recap_core.train.metrics import MetricsLog
 from recap_core.train.sharding import (
+    FSDP_AXIS,
     local_batch_size,
     make_mesh,
     maybe_initialize_distributed,
@@ -84,6 +86,9 @@ class TrainResult:
     steps_per_s: float
     fit: dict[str, Any] | None = None
     """`validation.fit_verdict` at the last validation (value stage): overfit or not, and why."""
+    step_memory_bytes: int | None = None
+    """XLA's per-device peak of the compiled train step (params, optimiser state, frozen base, batch,
+    temporaries): what `recap doctor --batch-size` predicts. None when no step ran."""
 
 
 def check_run_dir(run_dir: Path, config: RunConfig, *, overwrite: bool) -> None:
@@ -193,6 +198,11 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     if start_step is not None:
         parts, base = parts_to_restore(config, run_dir, task, mesh, job.task_factory)
         state, meta = ckpts.restore(start_step, abstract_train_state(parts, config))
+        if "opt_state" not in state:
+            raise CheckpointError(
+                f"{run_dir / 'checkpoints' / str(start_step)} was written params-only (--no-keep-optimizer): "
+                "it serves and exports, but holds no optimiser state to resume from",
+                fix=f"start a new run from it: --init {run_dir} (weights carry over, the optimiser starts fresh)")
         check_base(base, meta.get("base", {}), run_dir / "checkpoints" / str(start_step))
         if meta.get("data") is not None:
             job.train_data.load_state_dict(meta["data"])
@@ -202,12 +212,16 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
         start_step = 0
 
     train_step = make_train_step(task, parts, config)
+    compiled_step = None
+    step_memory: int | None = None
     eval_loss = make_eval_loss(task, parts)
     log = MetricsLog(run_dir, config, enabled=jax.process_index() == 0)
     batches = _batches(job.train_data)
 
     def save(step: int) -> None:
-        ckpts.save(step, state, {
+        # The last step is params-only when asked (--no-keep-optimizer): for serving, not resuming.
+        optimizer = config.checkpoint.final_optimizer or step < config.steps
+        ckpts.save(step, state, optimizer=optimizer, meta={
             "stage": config.stage,
             "preset": config.preset,
             "data": job.train_data.state_dict(),
@@ -227,7 +241,12 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
         while step < config.steps:
             batch = next(batches)
             inputs = to_global(task.make_inputs(batch, _host_rng(config, step), train=True), mesh)
-            state, metrics = train_step(state, parts.frozen, inputs)
+            if compiled_step is None:  # compiled once, ahead of time, so its memory is checked before it runs
+                compiled_step = train_step.lower(state, parts.frozen, inputs).compile()
+                step_memory = check_step(compiled_step, state=state, frozen=parts.frozen, inputs=inputs,
+                                         devices=list(mesh.devices.flat),
+                                         fsdp=mesh.shape[FSDP_AXIS]).get("peak_bytes")
+            state, metrics = compiled_step(state, parts.frozen, inputs)
             step += 1
             if step == start_step + 1 or step % config.log_every == 0 or step == config.steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -280,5 +299,6 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
         seconds=seconds,
         steps_per_s=steps_per_s,
         fit=fit,
+        step_memory_bytes=step_memory,
     )
 

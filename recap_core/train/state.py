@@ -42,21 +42,38 @@ def split_model(model: Any, task: Task) -> tuple[Any, nnx.State, nnx.State]:
     return nnx.split(model, trainable_filter(task), ...)
 
 
-def abstract_parts(task: Task, seed: int) -> ModelParts:
-    """Shapes and dtypes only: nothing is allocated."""
+def cast_floats(state: nnx.State, dtype: Any) -> nnx.State:
+    """Every floating-point leaf of `state` in `dtype` (None: unchanged); arrays or shape structs."""
+    if dtype is None:
+        return state
+
+    def cast(x: Any) -> Any:
+        if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype), sharding=x.sharding)
+        return x.astype(dtype)
+
+    return jax.tree.map(cast, state)
+
+
+def abstract_parts(task: Task, seed: int, frozen_dtype: Any = None) -> ModelParts:
+    """Shapes and dtypes only: nothing is allocated. `frozen_dtype` (e.g. "bfloat16") is the dtype
+    the frozen params are kept in (RunConfig.frozen_dtype); None keeps the model's own."""
     abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(seed)))
     graphdef, trainable, frozen = split_model(abstract, task)
-    return ModelParts(graphdef, trainable, frozen)
+    return ModelParts(graphdef, trainable, cast_floats(frozen, frozen_dtype))
 
 
-def init_parts(task: Task, seed: int, mesh: Mesh) -> ModelParts:
-    """Random init, created straight into sharded device arrays."""
-    abstract = abstract_parts(task, seed)
+def init_parts(task: Task, seed: int, mesh: Mesh, frozen_dtype: Any = None) -> ModelParts:
+    """Random init, created straight into sharded device arrays, the frozen params directly in
+    `frozen_dtype` (the float32 init of one leaf at a time is a temporary inside the jit)."""
+    abstract = abstract_parts(task, seed, frozen_dtype)
     shardings = (param_shardings(abstract.trainable, mesh), param_shardings(abstract.frozen, mesh))
 
     def create() -> tuple[nnx.State, nnx.State]:
         _, trainable, frozen = split_model(task.build_model(nnx.Rngs(seed)), task)
-        return trainable, frozen
+        return trainable, cast_floats(frozen, frozen_dtype)
 
     trainable, frozen = jax.jit(create, out_shardings=shardings)()
     return ModelParts(abstract.graphdef, trainable, frozen)

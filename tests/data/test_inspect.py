@@ -132,3 +132,42 @@ def test_cli_stats_missing_column_exits_2(tiny_dataset_two_tasks: Path, tmp_path
     proc = recap("data", "stats", str(tiny_dataset_two_tasks), "--state-column", "observation.qpos", "--output", str(out))
     assert proc.returncode == 2 and "observation.qpos" in proc.stderr and "Fix:" in proc.stderr
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def wide_four_cameras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40-dim actions and four cameras: wider than published pi0.5 weights (32), one camera too many."""
+    from recap_core.data.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("wide") / "ds", episodes=2, frames=4, image_size=8,
+                        cameras=("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"),
+                        state_dim=40, action_dim=40)
+
+
+def test_preset_fit_names_each_mismatch_and_its_fix(wide_four_cameras: Path) -> None:
+    from recap_core.stages import preset_fit
+
+    report = inspect_dataset(wide_four_cameras)
+    real = preset_fit(report, "pi05")
+    assert not real["fits"] and len(real["problems"]) == 2
+    widths, cams = real["problems"]
+    assert "40 dims" in widths["problem"] and "32" in widths["problem"]
+    assert "4 cameras" in cams["problem"] and "--cameras cam_high --cameras cam_low --cameras cam_left_wrist" in cams["fix"]
+    tiny = preset_fit(report, "pi05-tiny")  # a random-init tiny policy widens; the cameras still do not fit
+    assert [p["problem"] for p in tiny["problems"]] == [cams["problem"].replace("pi05", "pi05-tiny")]
+    assert tiny["notes"] and "widens model.action_dim to 40" in tiny["notes"][0]
+    assert preset_fit(report, "value-tiny") == {"preset": "value-tiny", "kind": "value", "fits": True,
+                                               "problems": [], "notes": []}
+
+
+def test_inspect_and_doctor_flag_a_preset_mismatch_before_a_run(wide_four_cameras: Path) -> None:
+    proc = recap("data", "inspect", str(wide_four_cameras), "--preset", "pi05", "--ready-for", "sft", "--json")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["ready"]["sft"]["ready"] and not report["preset_fit"]["fits"]  # the columns are there
+    shown = recap("data", "inspect", str(wide_four_cameras), "--preset", "pi05")
+    assert shown.returncode == 0 and "does not fit" in shown.stdout and "--cameras cam_high" in shown.stdout
+    proc = recap("doctor", "--stage", "sft", "--preset", "pi05-tiny", "--dataset", str(wide_four_cameras), "--json")
+    dataset = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "dataset")
+    assert proc.returncode == 1 and dataset["status"] == "fail"
+    assert "image slots" in dataset["message"] and dataset["fix"].startswith("train on 3 of them")

@@ -46,7 +46,7 @@ def test_frozen_params_stay_bit_identical_and_only_trainable_params_are_saved(tm
     trained = load_parts(tmp_path / "run", None, mesh, task_factory=lambda c: ToyTask())
     from recap_core.train.state import init_parts
 
-    initial = init_parts(ToyTask(), config.seed, mesh)
+    initial = init_parts(ToyTask(), config.seed, mesh, config.frozen_dtype)
     for a, b in zip(jax.tree.leaves(initial.frozen), jax.tree.leaves(trained.frozen), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not all(
@@ -215,3 +215,31 @@ def test_a_run_with_nothing_frozen_needs_not_its_init_run(tmp_path: Path) -> Non
     shutil.rmtree(tmp_path / "src")
     parts = load_parts(tmp_path / "child", None, make_mesh(1), task_factory=lambda c: ToyTask(freeze_backbone=False))
     assert jax.tree.leaves(parts.trainable)
+
+
+def test_a_params_only_last_step_serves_the_same_weights_and_refuses_to_resume(tmp_path: Path) -> None:
+    """--no-keep-optimizer: the last checkpoint holds params + EMA only (smaller), loads to the same
+    weights as a full one, and --resume says to start a new run from it instead."""
+    full, slim = toy_config(steps=6), toy_config(steps=6, **{"checkpoint.final_optimizer": False})
+    train(toy_job(full), full, tmp_path / "full")
+    result = train(toy_job(slim), slim, tmp_path / "slim")
+    ckpts = RunCheckpoints(tmp_path / "slim" / "checkpoints", read_only=True)
+    assert ckpts.read_meta(6)["optimizer"] is False and ckpts.read_meta(3)["optimizer"] is True
+    full_bytes = RunCheckpoints(tmp_path / "full" / "checkpoints", read_only=True)
+    from recap_core.train.checkpoint import checkpoint_bytes
+
+    assert result.checkpoint_bytes == checkpoint_bytes(tmp_path / "slim" / "checkpoints" / "6")
+    assert result.checkpoint_bytes < 0.75 * checkpoint_bytes(tmp_path / "full" / "checkpoints" / "6")
+    assert full_bytes.read_meta(6)["optimizer"] is True
+    mesh = make_mesh(1)
+    a = load_parts(tmp_path / "full", None, mesh, task_factory=lambda c: ToyTask())
+    b = load_parts(tmp_path / "slim", None, mesh, task_factory=lambda c: ToyTask())
+    for x, y in zip(jax.tree.leaves(a.trainable), jax.tree.leaves(b.trainable), strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    longer = toy_config(steps=9, **{"checkpoint.final_optimizer": False})
+    with pytest.raises(CheckpointError, match="params-only") as err:
+        train(toy_job(longer), longer, tmp_path / "slim", resume=True)
+    assert "--init" in err.value.fix
+    # ... and a new run from it works.
+    again = toy_config(steps=2, init=str(tmp_path / "slim"))
+    assert train(toy_job(again), again, tmp_path / "again").final_step == 2

@@ -80,6 +80,27 @@ def test_load_into_parts_fills_real_model_parts(tmp_path: Path) -> None:
         assert flat[key].sharding == before[key].sharding and flat[key].dtype == before[key].dtype
 
 
+def test_load_into_parts_lands_a_frozen_base_in_bf16(tmp_path: Path) -> None:
+    """frozen_dtype=bfloat16: the published weights of frozen params arrive in bf16 (never a full f32
+    copy), trainable ones in f32; each value is the checkpoint's, rounded to its dtype."""
+    import ml_dtypes
+
+    model = {**preset_model("sft", "pi05-tiny"), "train_vision": False}
+    config = resolve_run_config("sft", "pi05-tiny", "ds", model=model, sets=["frozen_dtype=bfloat16"])
+    parts = init_parts(task_for_config(config), config.seed, make_mesh(1), config.frozen_dtype)
+    sentinels = sentinel_params(parts_pure_dict(parts))
+    save_openpi_checkpoint(tmp_path / "ck", sentinels)
+    filled, _ = pi05_base.load_into_parts(config, parts, make_mesh(1), path=tmp_path / "ck")
+    frozen = traverse_util.flatten_dict(nnx.to_pure_dict(filled.frozen))
+    trainable = traverse_util.flatten_dict(nnx.to_pure_dict(filled.trainable))
+    assert frozen and {str(v.dtype) for v in frozen.values()} == {"bfloat16"}
+    assert {str(v.dtype) for v in trainable.values()} == {"float32"}
+    for key, value in frozen.items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(sentinels[key]).astype(ml_dtypes.bfloat16))
+    for key, value in trainable.items():
+        np.testing.assert_array_equal(np.asarray(value), sentinels[key])
+
+
 def test_value_init_from_bundle_and_wrong_family(tmp_path: Path) -> None:
     model = nnx.eval_shape(lambda: ValueModel(value_config("value-tiny"), rngs=nnx.Rngs(0)))
     sentinels = sentinel_params(model)

@@ -1,0 +1,138 @@
+"""Device memory of a training step before it runs (recap_core.train.memory): XLA's analysis of the
+real compiled step, split into params / EMA / optimiser / frozen / batch / temporaries, checked
+against the bytes the built train state really holds, the run's own figure, a mesh simulated with
+fake CPU devices (`recap doctor --devices --fsdp`), and a device too small for the step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from recap_core.config import resolve_run_config
+from recap_core.data.synthetic import make_dataset
+from recap_core.errors import ConfigError, PreflightError
+from recap_core.train import memory
+from recap_core.train.jobs import build_job, preset_model
+from recap_core.train.loop import train
+from recap_core.train.sharding import make_mesh
+from recap_core.train.state import init_parts
+from recap_core.train.step import init_train_state
+from tests.conftest import run_recap
+from tests.train.toy import toy_config, toy_job
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("80GB", 80 * 10**9), ("24GiB", 24 * 2**30), ("512 MiB", 512 * 2**20), ("1.5e9", 1_500_000_000), ("40000MB", 4 * 10**10),
+])
+def test_sizes_parse(text: str, expected: int) -> None:
+    assert memory.parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-4GB", "0", "12 parsecs", "nan"])
+def test_bad_sizes_are_refused_with_the_fix(text: str) -> None:
+    with pytest.raises(ConfigError, match="80GB"):
+        memory.parse_bytes(text)
+
+
+def _actual_bytes(tree) -> int:
+    """What one device really holds of built arrays."""
+    return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def value_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """value-tiny at batch 4 on this process's one device: the prediction, and the real train state."""
+    root = tmp_path_factory.mktemp("memory")
+    config = resolve_run_config("value", "value-tiny", "unused", environ={}, flags={"batch_size": 4},
+                                model=preset_model("value", "value-tiny"))
+    predicted = memory.analyse(config)
+    ds = make_dataset(root / "ds", episodes=2, frames=6)
+    real = config.model_copy(update={"dataset": str(ds)})
+    job = build_job(real, root / "run", resuming=False)
+    parts = init_parts(job.task, real.seed, make_mesh(1), real.frozen_dtype)
+    state = init_train_state(parts, real)
+    return {"predicted": predicted, "state": state, "frozen": parts.frozen}
+
+
+def test_the_estimate_matches_the_bytes_a_built_train_state_holds(value_tiny: dict) -> None:
+    predicted, state = value_tiny["predicted"], value_tiny["state"]
+    parts = predicted["parts"]
+    assert predicted["analysed"] and predicted["devices"] == 1 and predicted["batch_size"] == 4
+    assert parts["params"] == _actual_bytes(state["params"]) > 0
+    assert parts["ema"] == _actual_bytes(state["ema"]) == parts["params"]
+    assert parts["optimizer"] == _actual_bytes(state["opt_state"])  # Adam: two moments and a count
+    assert parts["frozen"] == _actual_bytes(value_tiny["frozen"]) > 100 * parts["params"]
+    # XLA's arguments are exactly those pieces (plus the step counter and the RNG key).
+    pieces = parts["params"] + parts["ema"] + parts["optimizer"] + parts["frozen"] + parts["batch"]
+    assert 0 <= predicted["xla"]["argument"] - pieces <= 64
+    assert parts["temporaries"] > parts["batch"] > 0
+    assert predicted["peak_bytes"] >= predicted["xla"]["argument"] + parts["temporaries"]
+
+
+def test_a_device_too_small_for_the_step_stops_the_run_before_it_starts(value_tiny: dict) -> None:
+    predicted = value_tiny["predicted"]
+    small = memory.verdict(predicted, predicted["peak_bytes"] // 2)
+    assert small["fits"] is False and "batch-size" in small["fix"]
+    roomy = memory.verdict(predicted, predicted["peak_bytes"] * 2)
+    assert roomy["fits"] is True and "fix" not in roomy
+    assert memory.verdict(predicted, None)["fits"] is None  # CPU: no verdict without --device-memory
+
+
+class _Gpu:
+    """A device as the run sees it: a platform and the runtime's memory limit."""
+
+    platform = "gpu"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def memory_stats(self) -> dict[str, int]:
+        return {"bytes_limit": self.limit}
+
+
+def test_the_run_checks_its_compiled_step_and_reports_its_peak(tmp_path: Path) -> None:
+    config = toy_config(steps=2)
+    result = train(toy_job(config), config, tmp_path / "run")
+    assert result.step_memory_bytes and result.step_memory_bytes > 0
+    # The same check on a device with less memory than the step needs: a PreflightError with the fix.
+    job = toy_job(config)
+    mesh = make_mesh(1)
+    from recap_core.train.init import build_parts
+    from recap_core.train.sharding import to_global
+    from recap_core.train.step import make_train_step
+
+    parts, _ = build_parts(config, job.task, mesh, job.task_factory)
+    state = init_train_state(parts, config)
+    inputs = to_global(job.task.make_inputs(next(iter(job.train_data)), np.random.default_rng(0), train=True), mesh)
+    compiled = make_train_step(job.task, parts, config).lower(state, parts.frozen, inputs).compile()
+    fine = memory.check_step(compiled, state=state, frozen=parts.frozen, inputs=inputs, devices=[_Gpu(2**30)])
+    assert fine["fits"] is True and fine["peak_bytes"] == result.step_memory_bytes
+    with pytest.raises(PreflightError, match="needs") as err:
+        memory.check_step(compiled, state=state, frozen=parts.frozen, inputs=inputs, devices=[_Gpu(1000)])
+    assert "batch-size" in err.value.fix
+
+
+def test_doctor_sizes_a_mesh_this_machine_lacks(value_tiny: dict) -> None:
+    """2 fake devices, params sharded over both: each holds about half the frozen base, and a device
+    smaller than the step is a failed check (exit 1) with the fix, in one JSON document."""
+    one = value_tiny["predicted"]
+    proc = run_recap("doctor", "--stage", "value-train", "--preset", "value-tiny", "--batch-size", "4",
+                     "--devices", "2", "--fsdp", "2", "--device-memory", "20MB", "--json")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    check = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "step_memory")
+    details = check["details"]
+    assert check["status"] == "fail" and "per device of 19.1 MiB" in check["message"]
+    assert details["devices"] == 2 and details["fsdp"] == 2 and details["fits"] is False
+    assert details["device_memory_bytes"] == 20 * 10**6 and "fsdp" not in check["fix"]
+    assert 0.45 < details["parts"]["frozen"] / one["parts"]["frozen"] < 0.6
+    assert details["peak_bytes"] < one["peak_bytes"]
+
+
+def test_doctor_refuses_memory_flags_for_a_stage_that_trains_nothing() -> None:
+    proc = run_recap("doctor", "--stage", "serve", "--batch-size", "4", "--json")
+    assert proc.returncode == 2
+    assert "value-train" in json.loads(proc.stdout)["fix"]
