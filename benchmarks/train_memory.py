@@ -1,5 +1,9 @@
 """Peak host RSS from process start to the end of training step 1, and steps/s, per preset (CPU).
 
+Next to it: what the run predicted for its compiled step before running it (XLA's memory analysis,
+`step_memory_bytes`, the figure `recap doctor --batch-size` gives) and the measured growth of the
+process from just before the model was built to the end (on CPU the host is the device).
+
 Each preset runs in a fresh subprocess (so ru_maxrss covers exactly that run): a generated
 1-episode dataset at the model's image size, `--init random`, batch 1, one step (or --steps N
 to also time steps/s). Prints one JSON list.
@@ -37,11 +41,15 @@ CHILD = textwrap.dedent(
         "init": "random", "steps": steps, "batch_size": 1, "log_every": 1, "val.fraction": 0.0,
         "checkpoint.every": 10**9, "tokenizer": tokenizer})
     job = build_job(config, root / "run", resuming=False)
+    import psutil
+    before = psutil.Process().memory_info().rss  # the process before any model exists
     t0 = time.perf_counter()
     result = train(job, config, root / "run")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"stage": stage, "preset": preset, "peak_rss_bytes": peak,
-                      "peak_rss_gib": round(peak / 2**30, 3), "steps": steps,
+                      "peak_rss_gib": round(peak / 2**30, 3), "rss_before_model_gib": round(before / 2**30, 3),
+                      "model_and_step_gib": round((peak - before) / 2**30, 3),
+                      "predicted_step_gib": round((result.step_memory_bytes or 0) / 2**30, 3), "steps": steps,
                       "steps_per_s": result.steps_per_s, "seconds": round(time.perf_counter() - t0, 1),
                       "trainable_params": result.trainable_params, "frozen_params": result.frozen_params,
                       "checkpoint_bytes": result.checkpoint_bytes}))

@@ -40,9 +40,27 @@ def _state_builder(config: RunConfig) -> Callable[[nnx.State], TrainState]:
     return create
 
 
+def _state_shardings(create: Callable[[nnx.State], TrainState], abstract_params: Any) -> Any:
+    """Every leaf of the train state sharded by the params' rule (`sharding.param_shardings`): the Adam
+    moments and the EMA split over fsdp exactly like the params they follow. (Left to XLA, state
+    created from zeros came out replicated: each device held the whole optimiser state.)"""
+    from recap_core.train.sharding import param_shardings
+
+    meshes = [leaf.sharding.mesh for leaf in jax.tree.leaves(abstract_params) if hasattr(leaf.sharding, "mesh")]
+    if not meshes:
+        return None
+    return param_shardings(jax.eval_shape(create, abstract_params), meshes[0])
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
 def init_train_state(parts: ModelParts, config: RunConfig) -> TrainState:
-    """Optimiser state and EMA for the trainable params; jit keeps them on the params' shardings."""
-    return jax.jit(_state_builder(config))(parts.trainable)
+    """Optimiser state and EMA for the trainable params, sharded like the params they follow."""
+    create = _state_builder(config)
+    shardings = _state_shardings(create, _abstract(parts.trainable))
+    return jax.jit(create, out_shardings=shardings)(parts.trainable)
 
 
 def _split_micro(inputs: dict[str, Any], n: int) -> dict[str, Any]:
@@ -108,7 +126,12 @@ def make_train_step(task: Task, parts: ModelParts, config: RunConfig) -> Callabl
         }
         return new_state, out
 
-    return jax.jit(step, donate_argnums=(0,))
+    # The new state keeps the shardings the state was created with (params, Adam moments and EMA split
+    # over fsdp alike), so the step compiled ahead of time takes its own output as its next input.
+    shardings = _state_shardings(_state_builder(config), _abstract(parts.trainable))
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
 
 
 def make_eval_loss(task: Task, parts: ModelParts) -> Callable[..., Any]:
@@ -124,9 +147,9 @@ def make_eval_loss(task: Task, parts: ModelParts) -> Callable[..., Any]:
 def abstract_train_state(parts: ModelParts, config: RunConfig) -> Any:
     """The train state's shapes, dtypes and shardings, without allocating it (restore target)."""
     create = _state_builder(config)
-    abstract_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), parts.trainable
-    )
+    abstract_params = _abstract(parts.trainable)
     shapes = jax.eval_shape(create, abstract_params)
-    shardings = jax.jit(create).lower(abstract_params).compile().output_shardings
+    shardings = _state_shardings(create, abstract_params)
+    if shardings is None:
+        shardings = jax.jit(create).lower(abstract_params).compile().output_shardings
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)

@@ -201,14 +201,16 @@ def test_kill_9_during_convert_loses_nothing_and_the_next_run_cleans_up(tmp_path
     cmd = [sys.executable, "-m", "recap_cli.main", "convert", "aloha-hdf5", str(raw), str(out), "--fps", "50",
            "--task", "move the cube"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group: the kill takes the writer's video-encoding workers too (left alive, the
+    # orphans held 0.5 GB each and could still write into the temp while the rerun removed it).
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob(".ds.tmp-*")):
         time.sleep(0.01)  # bounded: the writer finishes, the temp appears or the deadline passes
     time.sleep(extra_s)
     killed = proc.poll() is None
     if killed:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert killed, "the writer finished before it could be killed: the trial proved nothing"
     assert tree_digest(raw) == before

@@ -49,6 +49,16 @@ SCRIPT = textwrap.dedent(
         out[f"spec{fsdp}"] = str(parts.frozen["backbone"]["kernel"].value.sharding.spec)
         train(toy_job(cfg, hidden=hidden), cfg, f"{sys.argv[1]}/run{fsdp}")
         out[f"loss{fsdp}"] = [r["loss"] for r in read_metrics(f"{sys.argv[1]}/run{fsdp}") if r["split"] == "train"]
+    # Trained in full, the Adam moments and the EMA of a sharded param are sharded like it (and the
+    # step compiled ahead of time takes its own output state on the next steps).
+    from recap_core.train.step import init_train_state
+    cfg = toy_config(steps=3, fsdp_devices=2, batch_size=8, **{"checkpoint.every": 3})
+    parts = init_parts(ToyTask(False, hidden), cfg.seed, make_mesh(2))
+    state = init_train_state(parts, cfg)
+    mu = [x for x in jax.tree.leaves(state["opt_state"]) if x.shape == (8, hidden)]
+    out["moment_specs"] = sorted({str(x.sharding.spec) for x in mu})
+    out["ema_spec"] = str(state["ema"]["backbone"]["kernel"].value.sharding.spec)
+    out["full_steps"] = train(toy_job(cfg, freeze_backbone=False, hidden=hidden), cfg, f"{sys.argv[1]}/full").final_step
     print(json.dumps(out))
     """
 )
@@ -66,3 +76,5 @@ def test_fsdp_run_on_four_devices_matches_data_parallel(tmp_path: Path) -> None:
     assert "fsdp" in out["spec2"] and "fsdp" not in out["spec1"]
     for a, b in zip(out["loss1"], out["loss2"], strict=True):
         assert abs(a - b) <= 1e-5 * abs(a)
+    assert len(out["moment_specs"]) == 1 and "fsdp" in out["moment_specs"][0] and "fsdp" in out["ema_spec"]
+    assert out["full_steps"] == 3

@@ -64,25 +64,9 @@ def test_bad_input_exits_2_and_writes_nothing(ckpts: Path, args: tuple[str, ...]
 
 
 def test_load_into_parts_fills_real_model_parts(tmp_path: Path) -> None:
-    """The --init hook against a run's own ModelParts: every value in place, shardings kept."""
-    config = resolve_run_config("sft", "pi05-tiny", "ds", model=preset_model("sft", "pi05-tiny"))
-    task = task_for_config(config)
-    parts = init_parts(task, config.seed, make_mesh(1))
-    sentinels = sentinel_params(parts_pure_dict(parts))
-    save_openpi_checkpoint(tmp_path / "ck", sentinels)
-    filled, base = pi05_base.load_into_parts(config, parts, make_mesh(1), path=tmp_path / "ck")
-    assert base["kind"] == "openpi"
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(filled.trainable))
-    assert set(flat) == set(sentinels)
-    before = traverse_util.flatten_dict(nnx.to_pure_dict(parts.trainable))
-    for key, value in sentinels.items():
-        np.testing.assert_array_equal(np.asarray(flat[key]), value, err_msg="/".join(key))
-        assert flat[key].sharding == before[key].sharding and flat[key].dtype == before[key].dtype
-
-
-def test_load_into_parts_lands_a_frozen_base_in_bf16(tmp_path: Path) -> None:
-    """frozen_dtype=bfloat16: the published weights of frozen params arrive in bf16 (never a full f32
-    copy), trainable ones in f32; each value is the checkpoint's, rounded to its dtype."""
+    """The --init hook against a run's own ModelParts: every value in place, shardings and dtypes kept;
+    with frozen_dtype=bfloat16 (here the vision tower is frozen) the frozen params arrive in bf16 (never
+    a full f32 copy), each the checkpoint's value rounded to bf16, the trainable ones exact in f32."""
     import ml_dtypes
 
     model = {**preset_model("sft", "pi05-tiny"), "train_vision": False}
@@ -90,15 +74,21 @@ def test_load_into_parts_lands_a_frozen_base_in_bf16(tmp_path: Path) -> None:
     parts = init_parts(task_for_config(config), config.seed, make_mesh(1), config.frozen_dtype)
     sentinels = sentinel_params(parts_pure_dict(parts))
     save_openpi_checkpoint(tmp_path / "ck", sentinels)
-    filled, _ = pi05_base.load_into_parts(config, parts, make_mesh(1), path=tmp_path / "ck")
-    frozen = traverse_util.flatten_dict(nnx.to_pure_dict(filled.frozen))
+    filled, base = pi05_base.load_into_parts(config, parts, make_mesh(1), path=tmp_path / "ck")
+    assert base["kind"] == "openpi"
     trainable = traverse_util.flatten_dict(nnx.to_pure_dict(filled.trainable))
-    assert frozen and {str(v.dtype) for v in frozen.values()} == {"bfloat16"}
-    assert {str(v.dtype) for v in trainable.values()} == {"float32"}
-    for key, value in frozen.items():
-        np.testing.assert_array_equal(np.asarray(value), np.asarray(sentinels[key]).astype(ml_dtypes.bfloat16))
+    frozen = traverse_util.flatten_dict(nnx.to_pure_dict(filled.frozen))
+    assert trainable and frozen and set(trainable) | set(frozen) == set(sentinels)
+    before = {**traverse_util.flatten_dict(nnx.to_pure_dict(parts.trainable)),
+              **traverse_util.flatten_dict(nnx.to_pure_dict(parts.frozen))}
     for key, value in trainable.items():
-        np.testing.assert_array_equal(np.asarray(value), sentinels[key])
+        np.testing.assert_array_equal(np.asarray(value), sentinels[key], err_msg="/".join(key))
+        assert value.dtype == np.float32
+    for key, value in frozen.items():
+        np.testing.assert_array_equal(np.asarray(value), sentinels[key].astype(ml_dtypes.bfloat16), err_msg="/".join(key))
+        assert str(value.dtype) == "bfloat16"
+    for key, value in {**trainable, **frozen}.items():
+        assert value.sharding == before[key].sharding and value.dtype == before[key].dtype
 
 
 def test_value_init_from_bundle_and_wrong_family(tmp_path: Path) -> None:
