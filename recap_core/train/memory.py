@@ -102,26 +102,22 @@ def abstract_inputs(config: RunConfig, batch_size: int, mesh: Any) -> tuple[Any,
     return job.task, abstract
 
 
-def analyse(config: RunConfig, *, batch_size: int | None = None, devices: list[Any] | None = None) -> dict[str, Any]:
-    """Compile `config`'s train step for `devices` (default: all visible) and report per-device bytes."""
+def analyse(config: RunConfig, *, batch_size: int | None = None) -> dict[str, Any]:
+    """Compile `config`'s train step for this process's devices (the run's own mesh and batch rules,
+    `make_mesh` and `local_batch_size`) and report per-device bytes."""
     import time
 
     import jax
-    from jax.sharding import Mesh
 
-    from recap_core.train.sharding import DATA_AXIS, FSDP_AXIS, param_shardings
+    from recap_core.train.sharding import local_batch_size, make_mesh, param_shardings
     from recap_core.train.state import ModelParts, abstract_parts
     from recap_core.train.step import abstract_train_state, make_train_step
 
-    devices = list(devices or jax.devices())
-    n, fsdp = len(devices), config.fsdp_devices
-    if fsdp < 1 or n % fsdp:
-        raise ConfigError(f"--fsdp {fsdp} does not divide --devices {n}", fix=f"pick a divisor of {n}")
     batch_size = batch_size or config.batch_size
-    if batch_size % (n * config.grad_accum):
-        raise ConfigError(f"batch size {batch_size} is not a multiple of devices x grad_accum ({n} x {config.grad_accum})",
-                          fix=f"use a multiple of {n * config.grad_accum}")
-    mesh = Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), (DATA_AXIS, FSDP_AXIS))
+    local_batch_size(batch_size, config.grad_accum)  # the loop's rule: refused here as there
+    mesh = make_mesh(config.fsdp_devices)
+    devices, fsdp = list(mesh.devices.flat), config.fsdp_devices
+    n = len(devices)
     t0 = time.perf_counter()
     task, inputs = abstract_inputs(config, batch_size, mesh)
     parts = abstract_parts(task, config.seed, config.frozen_dtype)

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from recap_core.config import RunConfig
+from recap_core.train.checkpoint import abstract_like
 from recap_core.train.optim import make_optimizer, make_schedule
 from recap_core.train.state import ModelParts
 from recap_core.train.task import Task
@@ -52,14 +53,10 @@ def _state_shardings(create: Callable[[nnx.State], TrainState], abstract_params:
     return param_shardings(jax.eval_shape(create, abstract_params), meshes[0])
 
 
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def init_train_state(parts: ModelParts, config: RunConfig) -> TrainState:
     """Optimiser state and EMA for the trainable params, sharded like the params they follow."""
     create = _state_builder(config)
-    shardings = _state_shardings(create, _abstract(parts.trainable))
+    shardings = _state_shardings(create, abstract_like(parts.trainable))
     return jax.jit(create, out_shardings=shardings)(parts.trainable)
 
 
@@ -128,7 +125,7 @@ def make_train_step(task: Task, parts: ModelParts, config: RunConfig) -> Callabl
 
     # The new state keeps the shardings the state was created with (params, Adam moments and EMA split
     # over fsdp alike), so the step compiled ahead of time takes its own output as its next input.
-    shardings = _state_shardings(_state_builder(config), _abstract(parts.trainable))
+    shardings = _state_shardings(_state_builder(config), abstract_like(parts.trainable))
     if shardings is None:
         return jax.jit(step, donate_argnums=(0,))
     return jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
@@ -147,7 +144,7 @@ def make_eval_loss(task: Task, parts: ModelParts) -> Callable[..., Any]:
 def abstract_train_state(parts: ModelParts, config: RunConfig) -> Any:
     """The train state's shapes, dtypes and shardings, without allocating it (restore target)."""
     create = _state_builder(config)
-    abstract_params = _abstract(parts.trainable)
+    abstract_params = abstract_like(parts.trainable)
     shapes = jax.eval_shape(create, abstract_params)
     shardings = _state_shardings(create, abstract_params)
     if shardings is None:
