@@ -81,6 +81,12 @@ def main() -> None:
         output.state["verbose"] = True
     as_json = "--json" in sys.argv[1:]
     output.state["json_written"] = False
+    if not output.state["verbose"]:
+        import logging
+
+        # Orbax warns through absl on every read-only checkpoint open ("Given directory is read only"):
+        # noise for a user who only loads a run. -v shows it.
+        logging.getLogger("absl").setLevel(logging.ERROR)
     if not sys.stdout.isatty() and not os.environ.get("COLUMNS") and not os.environ.get("TERMINAL_WIDTH"):
         import typer.rich_utils
 

@@ -1,7 +1,7 @@
 """`recap demo`: the whole RECAP loop on the built-in toy task, on CPU, in minutes.
 
-Every stage runs through the real `recap` command line, exactly as an operator would chain
-them in a shell script (see `examples/recap_round.sh`):
+Every stage runs in this process through the same library calls its `recap` command makes (the
+demo logs each stage's equivalent command; `examples/recap_round.sh` chains them as a shell script):
 
     demos (a mix of careful, sloppy and hesitant scripted operators) -> convert -> sft
     -> serve + DAgger rollouts -> convert -> merge -> filtered BC (sft --success-only)
@@ -10,7 +10,7 @@ them in a shell script (see `examples/recap_round.sh`):
     (+ Stage 6 asked for "negative": the indicator check; --plan full adds the expert, Stage 6 on
     ground-truth labels and Stage 6 with CFG)
 
-Rollouts go through `recap serve` and the openpi websocket protocol. Each finished stage is
+Rollouts reach the SFT policy served on a loopback port through the openpi websocket protocol. Each finished stage is
 recorded in `<workdir>/demo_state.json`, so rerunning the demo continues where it stopped.
 """
 
@@ -20,15 +20,16 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recap_core.errors import ConfigError, OutputExistsError, RecapError
+
+if TYPE_CHECKING:
+    from recap_core.sim.closed_loop import PolicySource
 
 TASK = "handover-easy"
 # Policies in the summary table, in order. The core rows run in every plan, the rest in --plan full.
@@ -94,16 +95,20 @@ PLANS = {
 
 
 class DemoStageError(RecapError):
-    """A stage of the demo failed; the message carries the command and its last output."""
+    """A stage of the demo failed; the message names the stage and its equivalent shell command."""
 
 
-def _recap_cmd(*args: Any) -> list[str]:
-    return [sys.executable, "-m", "recap_cli.main", *map(str, args)]
+def _plain(result: Any) -> Any:
+    """A stage's result as plain JSON values (paths as text), as `--json` prints it and the state file keeps it."""
+    return json.loads(json.dumps(result, default=str))
 
 
 class DemoRunner:
+    """Runs the demo's stages in this process through the same library calls the CLI makes, logging
+    each stage's equivalent `recap` command (`examples/recap_round.sh` runs them as a shell script)."""
+
     def __init__(self, workdir: Path, plan: DemoPlan, seed: int, log: Callable[[str], None]) -> None:
-        self.work = Path(workdir)
+        self.work = Path(workdir).absolute()
         self.plan = plan
         self.seed = seed
         self.log = log
@@ -111,8 +116,6 @@ class DemoRunner:
         self.state: dict[str, Any] = (
             json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"done": {}}
         )
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-        self.env.setdefault("JAX_PLATFORMS", "cpu")
 
     @property
     def rollout_seed(self) -> int:
@@ -128,26 +131,27 @@ class DemoRunner:
         tmp.write_text(json.dumps(self.state, indent=2))
         os.replace(tmp, self.state_path)
 
-    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
+    def stage(self, name: str, fn: Callable[[], Any], command: tuple[Any, ...] = ()) -> Any:
+        """Run one stage unless an earlier call finished it; `command` is its `recap` equivalent."""
         if name in self.state["done"]:
             self.log(f"[dim]✓ {name} (done earlier)[/dim]")
             return self.state["done"][name]["result"]
-        self.log(f"[bold]→ {name}[/bold]")
+        self.log(f"[bold]→ {name}[/bold]" + (f"  [dim]$ {shell_command(command)}[/dim]" if command else ""))
         start = time.perf_counter()
-        result = fn()
+        try:
+            result = _plain(fn())
+        except RecapError as exc:
+            what = f" (`{shell_command(command)}` in {self.work})" if command else ""
+            raise DemoStageError(f"demo stage '{name}'{what} failed: {exc.message}",
+                                 fix=f"{exc.fix + '; then ' if exc.fix else ''}rerun `recap demo --workdir {self.work}`"
+                                 " to continue from this stage") from exc
         self.state["done"][name] = {"seconds": round(time.perf_counter() - start, 1), "result": result}
         self._save()
         self.log(f"[green]✓ {name}[/green] ({self.state['done'][name]['seconds']} s)")
         return result
 
-    def recap(self, *args: Any, json_out: bool = False) -> Any:
-        cmd = _recap_cmd(*args, *(["--json"] if json_out else []))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, cwd=self.work)
-        if proc.returncode != 0:
-            tail = "\n".join(_unboxed(proc.stderr or proc.stdout).splitlines()[-25:])
-            raise DemoStageError(f"`recap {' '.join(map(str, args))}` failed (exit {proc.returncode}):\n{tail}",
-                                 fix=f"rerun `recap demo --workdir {self.work}` to continue after fixing it")
-        return json.loads(proc.stdout) if json_out else None
+    def _note(self, text: str) -> None:
+        self.log(f"[dim]  {text}[/dim]")
 
     # ------------------------------------------------------------------ stages
     def collect_demos(self) -> dict[str, Any]:
@@ -159,97 +163,121 @@ class DemoRunner:
                             operators=OperatorMix.parse(operators))
         return {"episodes": self.plan.demos, "operators": operators, "success_rate": res.success_rate}
 
-    def convert(self, raw: str, out: str) -> dict[str, Any]:
+    def convert(self, raw: str, out: str) -> None:
+        from recap_core.data.convert_aloha import convert_aloha_hdf5
         from recap_core.sim.task import get_task
 
         fps = get_task(TASK).fps
-        return self.recap("convert", "aloha-hdf5", f"raw/{raw}", f"data/{out}", "--fps", fps, "--task", TASK,
-                          "--overwrite", json_out=True)
+        self.stage(f"convert {raw}", lambda: convert_aloha_hdf5(
+            self.work / "raw" / raw, self.work / "data" / out, fps=fps, task=TASK, overwrite=True),
+            ("convert", "aloha-hdf5", f"raw/{raw}", f"data/{out}", "--fps", fps, "--task", TASK, "--overwrite"))
 
-    def train(self, command: tuple[str, ...], dataset: str, run: str, preset: str, steps: int,
-              init: str = "random", extra: tuple[str, ...] = ()) -> dict[str, Any]:
-        return self.recap(*command, f"data/{dataset}", "--preset", preset, "--init", init, "--run-dir", f"runs/{run}",
-                          "--steps", steps, "--batch-size", self.plan.batch_size, "--overwrite", *extra,
-                          json_out=True)
+    def train(self, name: str, command: tuple[str, ...], dataset: str, run: str, preset: str, steps: int,
+              init: str = "random", flags: dict[str, Any] | None = None, extra: tuple[str, ...] = ()) -> None:
+        """One training stage as `recap sft|finetune|value train` runs it (preflight included)."""
+        from recap_core.launch import result_summary, train_stage
+
+        stage = "value" if command == ("value", "train") else command[0]
+        init_path = init if init in ("random", "base") else str(self.work / init)
+
+        def go() -> dict[str, Any]:
+            return result_summary(train_stage(
+                stage, self.work / "data" / dataset, preset=preset, init=init_path, run_dir=self.work / "runs" / run,
+                overwrite=True, steps=steps, flags={"batch_size": self.plan.batch_size, **(flags or {})},
+                warn=self._note, info=self._note))
+
+        self.stage(name, go, (*command, f"data/{dataset}", "--preset", preset, "--init", init, "--run-dir",
+                              f"runs/{run}", "--steps", steps, "--batch-size", self.plan.batch_size, "--overwrite",
+                              *extra))
 
     def collect_rollouts(self) -> dict[str, Any]:
-        """Serve the SFT policy with `recap serve` and collect DAgger rollouts through the websocket."""
+        """Serve the SFT policy on a loopback port (as `recap serve` does) and collect DAgger rollouts
+        through the openpi websocket protocol."""
         from recap_core.sim.collect import collect
-        from recap_core.sim.remote import remote_policy
+        from recap_core.sim.remote import remote_policy, serve_run
         from recap_core.sim.rollout import OPERATOR_RULE
 
-        cmd = _recap_cmd("serve", "runs/sft", "--port", "0", "--json", "--no-preflight")
-        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
-                                  cwd=self.work)
-        try:
-            url = _read_ready(server)
-            with remote_policy(url) as policy_fn:
-                res = collect(policy_fn, TASK, self.plan.rollouts, self.rollout_seed,
-                              self.work / "raw" / "rollouts", rule=OPERATOR_RULE, overwrite=True)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        with serve_run(self.work / "runs" / "sft") as url, remote_policy(url) as policy_fn:
+            res = collect(policy_fn, TASK, self.plan.rollouts, self.rollout_seed, self.work / "raw" / "rollouts",
+                          rule=OPERATOR_RULE, overwrite=True)
         return {"episodes": self.plan.rollouts, "success_rate": res.success_rate,
                 "intervention_fraction": round(res.intervention_frames / max(res.frames, 1), 3)}
 
-    def evaluate(self, row: str) -> dict[str, Any]:
-        """Closed-loop success of one table row; every row faces the same scenes (`eval_seed`).
-        pi0.6 runs also get the open-loop indicator effect (Stage 3, which never saw a negative
-        label, is the baseline for Stage 6)."""
+    def eval_request(self, row: str) -> tuple[PolicySource, int, tuple[Any, ...]]:
+        """The policy a table row evaluates, its indicator-effect states and the equivalent
+        `recap eval` arguments. pi0.6 runs also get the open-loop indicator effect (Stage 3, which
+        never saw a negative label, is the baseline for Stage 6)."""
+        from recap_core.sim.closed_loop import PolicySource
+
+        states = 0
         if row == "expert":
-            args: tuple[Any, ...] = ("--expert",)
+            source, args = PolicySource(expert=True), ("--expert",)
         else:
             run = {"stage6_negative": "stage6", "stage6_cfg": "stage6"}.get(row, row)
-            args = (f"runs/{run}",)
+            source, args = PolicySource(run=self.work / "runs" / run), (f"runs/{run}",)
             if row == "stage6_negative":
-                args = (*args, "--adv-ind", "negative")
+                source, args = dataclasses.replace(source, adv_ind="negative"), (*args, "--adv-ind", "negative")
             elif row == "stage6_cfg":
-                args = (*args, "--cfg-beta", 2.0)
+                source, args = dataclasses.replace(source, cfg_beta=2.0), (*args, "--cfg-beta", 2.0)
             elif row in CONDITIONED:
-                args = (*args, "--indicator-effect", INDICATOR_STATES)
-        return self.recap("eval", *args, "--task", TASK, "--episodes", self.plan.eval_episodes,
-                          "--seed", self.eval_seed, json_out=True)
+                states, args = INDICATOR_STATES, (*args, "--indicator-effect", INDICATOR_STATES)
+        args = ("eval", *args, "--task", TASK, "--episodes", self.plan.eval_episodes, "--seed", self.eval_seed)
+        return source, states, args
+
+    def evaluate(self, row: str) -> dict[str, Any]:
+        """Closed-loop success of one table row; every row faces the same scenes (`eval_seed`)."""
+        from recap_core.sim.closed_loop import evaluate_source
+
+        source, states, command = self.eval_request(row)
+        return self.stage(f"eval {row}", lambda: evaluate_source(
+            source, TASK, self.plan.eval_episodes, self.eval_seed, indicator_states=states), command)
 
     def run(self) -> dict[str, Any]:
+        from recap_core.data.merge import merge_datasets
+        from recap_core.label.pipeline import LabelOptions, label_with_checkpoint
         from recap_core.sim.truth import label_quality, truth_labels
 
         p = self.plan
+        work = self.work
         started = time.perf_counter()
         self.stage("demos", self.collect_demos)
-        self.stage("convert demos", lambda: self.convert("demos", "demos"))
+        self.convert("demos", "demos")
         # Joint deltas (openpi's ALOHA recipe): the finetunes inherit the convention from runs/sft.
-        sft = ("--delta-actions",)
-        self.stage("sft (Stage 2)", lambda: self.train(("sft",), "demos", "sft", "pi05-tiny", p.sft_steps, extra=sft))
-        self.stage("rollouts via recap serve", self.collect_rollouts)
-        self.stage("convert rollouts", lambda: self.convert("rollouts", "rollouts"))
-        self.stage("merge", lambda: self.recap("data", "merge", "data/demos", "data/rollouts", "--output",
-                                               "data/round1", "--overwrite", json_out=True))
-        self.stage("filtered BC", lambda: self.train(("sft",), "round1", "filtered_bc", "pi05-tiny", p.finetune_steps,
-                                                     init="runs/sft", extra=("--success-only",)))
-        self.stage("finetune (Stage 3)", lambda: self.train(("finetune",), "round1", "stage3", "pi06-tiny",
-                                                            p.finetune_steps, init="runs/sft"))
+        self.train("sft (Stage 2)", ("sft",), "demos", "sft", "pi05-tiny", p.sft_steps,
+                   flags={"data.delta_actions": True}, extra=("--delta-actions",))
+        self.stage("rollouts via recap serve", self.collect_rollouts, ("serve", "runs/sft", "--port", 0))
+        self.convert("rollouts", "rollouts")
+        self.stage("merge", lambda: merge_datasets([work / "data" / "demos", work / "data" / "rollouts"],
+                                                   work / "data" / "round1", overwrite=True),
+                   ("data", "merge", "data/demos", "data/rollouts", "--output", "data/round1", "--overwrite"))
+        self.train("filtered BC", ("sft",), "round1", "filtered_bc", "pi05-tiny", p.finetune_steps, init="runs/sft",
+                   flags={"data.success_only": True}, extra=("--success-only",))
+        self.train("finetune (Stage 3)", ("finetune",), "round1", "stage3", "pi06-tiny", p.finetune_steps,
+                   init="runs/sft")
         # Random-init backbones must train: frozen random features cannot predict progress.
-        self.stage("value train (Stage 4)", lambda: self.train(("value", "train"), "round1", "value", "value-tiny",
-                                                              p.value_steps, extra=("--freeze-mode", "none")))
+        self.train("value train (Stage 4)", ("value", "train"), "round1", "value", "value-tiny", p.value_steps,
+                   flags={"freeze_mode": "none"}, extra=("--freeze-mode", "none"))
         # The demos mix operators, so they are labelled by the value model too (the paper labels all data).
-        label = self.stage("value label (Stage 5)", lambda: self.recap(
-            "value", "label", "data/round1", "--checkpoint", "runs/value", "--output", "data/round1_labeled",
-            "--top-percent", p.top_percent, "--lookahead", p.lookahead, "--demos", "value", "--report", "reports/label",
-            "--no-ema", "--overwrite", "--no-preflight", json_out=True))  # --no-ema: the protocol's labels
-        raw = [self.work / "raw" / "demos", self.work / "raw" / "rollouts"]
+        # --no-ema: the protocol's labels.
+        options = LabelOptions(top_percent=p.top_percent, lookahead=p.lookahead, demos="value", use_ema=False,
+                               output=work / "data" / "round1_labeled", report_dir=work / "reports" / "label",
+                               overwrite=True)
+        label = self.stage("value label (Stage 5)", lambda: label_with_checkpoint(
+            work / "data" / "round1", work / "runs" / "value", options, preflight=False),
+            ("value", "label", "data/round1", "--checkpoint", "runs/value", "--output", "data/round1_labeled",
+             "--top-percent", p.top_percent, "--lookahead", p.lookahead, "--demos", "value", "--report",
+             "reports/label", "--no-ema", "--overwrite"))
+        raw = [work / "raw" / "demos", work / "raw" / "rollouts"]
         quality = self.stage("label quality (ground truth)", lambda: label_quality(
-            self.work / "data" / "round1_labeled", raw, QUALITY_HORIZON, demos="value").as_dict())
-        self.stage("finetune (Stage 6)", lambda: self.train(("finetune",), "round1_labeled", "stage6", "pi06-tiny",
-                                                            p.finetune_steps, init="runs/sft"))
+            work / "data" / "round1_labeled", raw, QUALITY_HORIZON, demos="value").as_dict())
+        self.train("finetune (Stage 6)", ("finetune",), "round1_labeled", "stage6", "pi06-tiny", p.finetune_steps,
+                   init="runs/sft")
         if "stage6_truth" in p.rows:
             self.stage("ground-truth labels", lambda: str(truth_labels(
-                self.work / "data" / "round1_labeled", raw, self.work / "data" / "round1_truth", overwrite=True)))
-            self.stage("finetune on ground-truth labels", lambda: self.train(
-                ("finetune",), "round1_truth", "stage6_truth", "pi06-tiny", p.finetune_steps, init="runs/sft"))
-        results = {row: self.stage(f"eval {row}", lambda row=row: self.evaluate(row)) for row in p.rows}
+                work / "data" / "round1_labeled", raw, work / "data" / "round1_truth", overwrite=True)))
+            self.train("finetune on ground-truth labels", ("finetune",), "round1_truth", "stage6_truth", "pi06-tiny",
+                       p.finetune_steps, init="runs/sft")
+        results = {row: self.evaluate(row) for row in p.rows}
         rows = {row: _row(results[row]) for row in p.rows}
         seconds = {k: v["seconds"] for k, v in self.state["done"].items()}
         summary = {"workdir": str(self.work), "seed": self.seed, "plan": asdict(p), "task": TASK,
@@ -265,27 +293,11 @@ class DemoRunner:
         return summary
 
 
-def _read_ready(server: subprocess.Popen) -> str:
-    """Read `recap serve --json`'s ready document from its stdout; return the URL."""
-    text = ""
-    for line in server.stdout or ():
-        text += line
-        try:
-            return json.loads(text)["url"]
-        except json.JSONDecodeError:
-            continue
-    err = server.stderr.read() if server.stderr else ""
-    raise DemoStageError(f"`recap serve runs/sft` did not start:\n{_unboxed(err)[-2000:]}")
+def shell_command(args: tuple[Any, ...]) -> str:
+    """`recap ARGS` as one shell line (arguments quoted where the shell needs it)."""
+    import shlex
 
-
-def _unboxed(text: str) -> str:
-    """The text of a rich error panel without its frame, so it can be nested in our own panel."""
-    lines = []
-    for line in text.splitlines():
-        stripped = line.strip().strip("│").strip()
-        if stripped and not set(stripped) <= set("╭╮╰╯─ ") and not stripped.startswith(("╭", "╰")):
-            lines.append(stripped)
-    return "\n".join(lines)
+    return "recap " + " ".join(shlex.quote(str(a)) for a in args)
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:

@@ -329,10 +329,10 @@ def check_dataset(path: Path, stage: str, preset: str | None = None, cameras: li
 def check_step_memory(stage: str, preset: str | None, *, batch_size: int | None, devices: int | None,
                       fsdp: int | None, device_memory: int | None, local_devices: list[Any] | None = None) -> CheckResult:
     """Device memory of `stage`'s training step with `preset`, compiled for a mesh of `devices` x
-    `fsdp` (recap_core.train.memory), against `device_memory` bytes per device (default: the local
+    `fsdp` (recap_core.train.estimate), against `device_memory` bytes per device (default: the local
     accelerator's)."""
     from recap_core.config import resolve_run_config
-    from recap_core.train import memory
+    from recap_core.train import estimate, memory
     from recap_core.train.jobs import preset_model
 
     spec = SPECS[stage]
@@ -350,7 +350,7 @@ def check_step_memory(stage: str, preset: str | None, *, batch_size: int | None,
         devices = jax.device_count()
     if device_memory is None and local_devices is not None and len(local_devices) >= devices:
         device_memory = memory.device_memory_of(local_devices)
-    result = memory.verdict(memory.predict(config, devices=devices, batch_size=config.batch_size), device_memory)
+    result = memory.verdict(estimate.predict(config, devices=devices, batch_size=config.batch_size), device_memory)
     details = {k: result.get(k) for k in ("peak_bytes", "parts", "xla", "devices", "fsdp", "batch_size", "platform",
                                           "frozen_dtype", "device_memory_bytes", "fits", "verdict", "compile_seconds")}
     details["preset"] = preset

@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from recap_core.demo import CORE_ROWS, FULL_ROWS, PLANS, STAGES, DemoRunner, _unboxed
+from recap_core.demo import CORE_ROWS, FULL_ROWS, PLANS, STAGES, DemoRunner
 from tests.conftest import run_recap
-
-
-def test_unboxed_strips_a_rich_panel():
-    panel = "╭──── error ────╮\n│ bad thing     │\n│               │\n│ Fix: do x     │\n╰───────────────╯"
-    assert _unboxed(panel) == "bad thing\nFix: do x"
 
 
 @pytest.mark.slow
@@ -86,20 +81,25 @@ def test_pool_summaries_adds_successes_steps_and_wilson_intervals():
 
 
 def test_full_plan_rows_are_wired_to_their_runs_and_flags(tmp_path: Path):
-    """Each row is evaluated from the right run with the right flags, all on the same scenes."""
+    """Each row is evaluated from the right run with the right flags, all on the same scenes, and
+    the `recap eval` command the demo logs for it says the same."""
     runner = DemoRunner(tmp_path, PLANS["full"], seed=3, log=lambda _: None)
-    calls: list[tuple] = []
-    runner.recap = lambda *args, json_out=False: calls.append(args) or {}
-    seen = {}
-    for row in FULL_ROWS:
-        runner.evaluate(row)
-        seen[row] = calls.pop()
+    seen = {row: runner.eval_request(row) for row in FULL_ROWS}
     assert PLANS["full"].rows == FULL_ROWS and PLANS["default"].rows == CORE_ROWS
-    assert seen["expert"][:2] == ("eval", "--expert")
-    assert seen["stage6_cfg"][1:4] == ("runs/stage6", "--cfg-beta", 2.0)
-    assert seen["stage6_negative"][1:4] == ("runs/stage6", "--adv-ind", "negative")
+    source, states, args = seen["expert"]
+    assert source.expert and source.run is None and args[:2] == ("eval", "--expert")
+    source, states, args = seen["stage6_cfg"]
+    assert (source.run, source.cfg_beta, source.adv_ind) == (tmp_path / "runs/stage6", 2.0, None)
+    assert args[1:4] == ("runs/stage6", "--cfg-beta", 2.0)
+    source, states, args = seen["stage6_negative"]
+    assert (source.run, source.cfg_beta, source.adv_ind) == (tmp_path / "runs/stage6", 1.0, "negative")
+    assert args[1:4] == ("runs/stage6", "--adv-ind", "negative")
     for row in ("stage6_truth", "sft", "filtered_bc"):
-        assert seen[row][1] == f"runs/{row}" and "--indicator-effect" not in seen[row]
+        source, states, args = seen[row]
+        assert source.run == tmp_path / "runs" / row and states == 0
+        assert args[1] == f"runs/{row}" and "--indicator-effect" not in args
+    for row in ("stage3", "stage6"):
+        assert seen[row][1] == 32 and seen[row][0].adv_ind is None
     for row in FULL_ROWS:
-        args = seen[row]
+        args = seen[row][2]
         assert args[args.index("--seed") + 1] == 20_003 and args[args.index("--task") + 1] == "handover-easy"

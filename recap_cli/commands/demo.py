@@ -33,6 +33,13 @@ def demo(
 
     Example:  recap demo --workdir /tmp/recap-demo --seed 1
     """
+    import os
+
+    # The README's figures are CPU figures, and the demo's data is local: unless told otherwise, run
+    # on the CPU (tiny models gain nothing from an accelerator) and never ask the Hugging Face Hub.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lerobot's own bars (merge); the demo logs each stage
     from recap_core.demo import run_demo
 
     summary = run_demo(workdir, plan="fast" if fast else plan, seed=seed, overwrite=overwrite, lookahead=lookahead,

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from recap_cli.output import console, emit, err_console
 from recap_core.sim.task import TASKS
-
-if TYPE_CHECKING:
-    from recap_core.sim.evaluate import EvalResult
 
 _TASK_HELP = (
     "Toy task to run: " + "; ".join(f"{name} ({spec.description})" for name, spec in TASKS.items()) + "."
@@ -24,25 +22,6 @@ class AdvInd(StrEnum):
     positive = "positive"
     negative = "negative"
     none = "none"
-
-
-def _check_source(run_or_ckpt: Path | None, server: str | None, expert: bool) -> None:
-    from recap_core.errors import ConfigError
-
-    given = [
-        name for name, on in (("RUN_OR_CKPT", run_or_ckpt), ("--server", server), ("--expert", expert)) if on
-    ]
-    if len(given) != 1:
-        raise ConfigError(
-            f"give exactly one policy to evaluate (a run directory, --server or --expert), got {given or 'none'}",
-            fix="recap eval runs/pi06 --task handover  |  recap eval --server ws://127.0.0.1:8000 --task handover"
-            "  |  recap eval --expert --task handover",
-        )
-    if run_or_ckpt is not None and not run_or_ckpt.exists():
-        raise ConfigError(
-            f"run directory or checkpoint {run_or_ckpt} does not exist",
-            fix="pass a recap run directory (with config.json) or <run>/checkpoints/<step>",
-        )
 
 
 def _render(result: dict[str, Any]) -> None:
@@ -81,6 +60,25 @@ def _render(result: dict[str, Any]) -> None:
         )
     for path in result["videos"]:
         console.print(f"video: {path}")
+
+
+@contextlib.contextmanager
+def _episode_progress(task: str, episodes: int) -> Iterator[Callable[[Any], None]]:
+    """A transient progress bar over the episodes, with the successes so far."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        bar = progress.add_task(f"evaluating on {task}", total=episodes)
+        wins = 0
+
+        def advance(episode: Any) -> None:
+            nonlocal wins
+            wins += int(episode.success)
+            done = progress.tasks[0].completed + 1
+            progress.update(bar, advance=1, description=f"evaluating on {task}: {wins}/{done} succeeded")
+
+        yield advance
 
 
 def eval_command(
@@ -157,76 +155,16 @@ def eval_command(
 
     Example:  recap eval --server ws://127.0.0.1:8000 --task handover --episodes 50 --json
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from recap_core.errors import ConfigError
-    from recap_core.fsutil import check_output
-    from recap_core.serve.loading import ServeOptions, load_policy
-    from recap_core.sim.evaluate import evaluate
-    from recap_core.sim.indicator import indicator_effect
-    from recap_core.sim.remote import remote_policy, serve_policy
+    from recap_core.sim.closed_loop import PolicySource, evaluate_source
     from recap_core.sim.task import get_task
 
     spec = get_task(task)
-    _check_source(run_or_ckpt, server, expert)
-    if indicator_states and run_or_ckpt is None:
-        raise ConfigError(
-            "--indicator-effect needs the run's weights (it samples from fixed noise), not --server or --expert",
-            fix="pass the run directory: recap eval runs/stage6 --task handover --indicator-effect 32",
-        )
-    if cfg_beta != 1.0 and run_or_ckpt is None:
-        raise ConfigError("--cfg-beta needs the run's weights (guidance happens inside the sampler), not --server "
-                          "or --expert", fix="pass the run directory, or start `recap serve RUN --cfg-beta B`")
-    if video is not None:
-        check_output(video, overwrite, inputs=(run_or_ckpt,) if run_or_ckpt is not None else ())
-    adv = adv_ind.value if adv_ind is not None else None
-    effect = None
-
-    with contextlib.ExitStack() as stack:
-        if expert:
-            policy_fn, name = None, "expert"
-        else:
-            if run_or_ckpt is not None:
-                with err_console.status(f"loading {run_or_ckpt}"):
-                    policy = load_policy(run_or_ckpt, ServeOptions(default_adv_ind=adv or "positive", cfg_beta=cfg_beta))
-                if indicator_states:
-                    with err_console.status(f"indicator effect on {indicator_states} states"):
-                        effect = indicator_effect(policy, spec, indicator_states, seed)
-                url = stack.enter_context(serve_policy(policy))
-                name = str(run_or_ckpt)
-            else:
-                url, name = str(server), str(server)
-            policy_fn = stack.enter_context(
-                remote_policy(url, adv_ind=adv, api_key=api_key, connect_timeout_s=connect_timeout)
-            )
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            bar = progress.add_task(f"evaluating on {spec.name}", total=episodes)
-            wins = 0
-
-            def advance(episode: Any) -> None:
-                nonlocal wins
-                wins += int(episode.success)
-                done = progress.tasks[0].completed + 1
-                progress.update(
-                    bar, advance=1, description=f"evaluating on {spec.name}: {wins}/{done} succeeded"
-                )
-
-            result: EvalResult = evaluate(
-                policy_fn,
-                spec,
-                episodes,
-                seed,
-                replan_steps=replan_steps,
-                video_dir=video,
-                video_episodes=video_episodes,
-                overwrite=overwrite,
-                policy_name=name,
-                progress=advance,
-            )
-    out = result.as_dict()
-    if effect is not None:
-        out["indicator_effect"] = effect.as_dict()
+    source = PolicySource(run=run_or_ckpt, server=server, expert=expert,
+                          adv_ind=adv_ind.value if adv_ind is not None else None, cfg_beta=cfg_beta,
+                          api_key=api_key, connect_timeout_s=connect_timeout)
+    out = evaluate_source(source, task, episodes, seed, replan_steps=replan_steps, indicator_states=indicator_states,
+                          video_dir=video, video_episodes=video_episodes, overwrite=overwrite,
+                          progress=lambda: _episode_progress(spec.name, episodes), status=err_console.status)
     emit(out, as_json, _render)
 
 

@@ -6,6 +6,8 @@ renders progress and the result.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,86 +65,26 @@ def run_training(
     as_json: bool,
     extra_flags: dict[str, Any] | None = None,
 ) -> None:
-    """Resolve the config, check the dataset, train with a progress bar, print the summary."""
-    from recap_core.config import load_run_config, resolve_run_config
-    from recap_core.errors import ConfigError
-    from recap_core.settings import get_settings
-    from recap_core.train.jobs import build_job, check_dataset, preset_model
+    """Train one stage with `recap_core.launch` behind a progress bar; print the summary."""
+    from recap_core.launch import prepare_stage, result_summary, run_prepared
 
-    run_dir = run_dir or get_settings().runs_dir / f"{'value' if stage == 'value' else stage}-{preset}"
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other", fix="pass only one of them")
-    resuming = resume and (run_dir / "config.json").is_file()
-    if resuming:
-        # The run's own config wins; only --steps may extend it.
-        config = load_run_config(run_dir / "config.json")
-        if steps is not None:
-            config.steps = steps
-        if config.stage != stage:
-            raise ConfigError(f"{run_dir} is a `{config.stage}` run, not `{stage}`",
-                              fix="resume it with the command that started it")
-        config = _follow_moves(config, run_dir, Path(dataset))
-        from recap_core.stack import version_changes
-
-        changes = version_changes(config.versions)
-        if changes:
-            warn(f"{run_dir} was started under other versions: {', '.join(changes)}; "
-                 "results may not match an uninterrupted run")
-    else:
-        flags = {"init": init, "steps": steps, "batch_size": batch_size, "fsdp_devices": fsdp_devices,
-                 "cameras": cameras or None, "wandb": wandb, **(extra_flags or {})}
-        config = resolve_run_config(stage, preset, dataset, config_file=config_file, flags=flags,
-                                    sets=sets or [], model=preset_model(stage, preset))
-    from recap_core.train.sharding import maybe_initialize_distributed
-
-    if config.distributed.requested:
+    flags = {"batch_size": batch_size, "fsdp_devices": fsdp_devices, "cameras": cameras or None, "wandb": wandb,
+             **(extra_flags or {})}
+    run = prepare_stage(stage, dataset, preset=preset, init=init, run_dir=run_dir, resume=resume, overwrite=overwrite,
+                        steps=steps, flags=flags, sets=sets or [], config_file=config_file, warn=warn)
+    if run.config.distributed.requested:
         from recap_cli.output import keep_stdout_for_results
 
         keep_stdout_for_results()  # gloo prints to fd 1
-    # Before anything can start JAX's backend (the preflight's device check, the data loaders).
-    maybe_initialize_distributed(config.distributed)
-    if not no_preflight:
-        try:
-            from recap_core.doctor import preflight
-            from recap_core.stages import for_run
-        except ImportError:
-            preflight = None
-        if preflight is not None:
-            preflight(for_run(stage).name, warn=warn, preset=config.preset, dataset=Path(config.dataset),
-                      output_dir=run_dir, init=config.init, cameras=config.cameras)
-    check_dataset(config)  # before anything compiles: say which stage's data is missing
-    if not resuming:
-        from recap_core.train.init import init_run
-        from recap_core.train.loop import check_run_dir
-
-        init_run(config)  # a bad --init fails now, not after the norm stats and the model are built
-        check_run_dir(run_dir, config, overwrite=overwrite)
-    job = build_job(config, run_dir, resuming=resuming)
-    for note in job.notes:
-        info(f"note: {note}")
-    result = _train_with_progress(job, config, run_dir, resume=resuming, overwrite=overwrite and not resuming,
-                                  quiet=as_json)
-    emit(_summary(result), as_json, _render)
+    result = run_prepared(run, overwrite=overwrite, preflight=not no_preflight, warn=warn, info=info,
+                          progress=lambda: _progress(run.config, quiet=as_json))
+    emit(result_summary(result), as_json, _render)
 
 
-def _follow_moves(config: Any, run_dir: Path, dataset: Path) -> Any:
-    """A resumed run whose dataset or --init run moved: the dataset typed now replaces a recorded one
-    that is gone, and the --init run is looked for relative to the run (`locate_init`)."""
-    from recap_core.train.init import locate_init
-
-    recorded = Path(config.dataset)
-    if not recorded.exists() and dataset.exists():
-        warn(f"{run_dir} was trained on {recorded}, which is gone; resuming on {dataset.absolute()}")
-        config = config.model_copy(update={"dataset": str(dataset.absolute())})
-    elif recorded.exists() and dataset.exists() and recorded.resolve() != dataset.resolve():
-        warn(f"--resume uses the run's own dataset {recorded}, not {dataset}")
-    return locate_init(config, run_dir)
-
-
-def _train_with_progress(job: Any, config: Any, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Any:
+@contextlib.contextmanager
+def _progress(config: Any, *, quiet: bool) -> Iterator[Callable[[Any], None]]:
+    """A rich progress bar on stderr over the run's steps, fed by the train loop's step events."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from recap_core.train.loop import StepEvent, train
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[sps]} steps/s"),
@@ -150,7 +92,7 @@ def _train_with_progress(job: Any, config: Any, run_dir: Path, *, resume: bool, 
     with Progress(*columns, console=err_console, disable=quiet, transient=False) as progress:
         bar = progress.add_task(f"{config.stage} {config.preset}", total=config.steps, loss="-", lr="-", sps="-")
 
-        def on_event(event: StepEvent) -> None:
+        def on_event(event: Any) -> None:
             if event.kind == "val":
                 text = "  ".join(f"{k} {v:.4g}" for k, v in event.metrics.items())
                 progress.console.print(f"[cyan]val @ {event.step}[/cyan]  {text}")
@@ -158,15 +100,7 @@ def _train_with_progress(job: Any, config: Any, run_dir: Path, *, resume: bool, 
             progress.update(bar, completed=event.step, loss=f"{event.metrics['loss']:.4f}",
                             lr=f"{event.metrics['lr']:.2e}", sps=f"{event.steps_per_s:.2f}")
 
-        return train(job, config, run_dir, resume=resume, overwrite=overwrite, on_event=on_event)
-
-
-def _summary(result: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    out = asdict(result)
-    out["run_dir"] = str(result.run_dir)
-    return out
+        yield on_event
 
 
 def _render(summary: dict[str, Any]) -> None:

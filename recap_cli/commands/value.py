@@ -67,37 +67,18 @@ def label(
     Example:  recap value label data/vial_rollouts --checkpoint runs/value --top-percent 30 --report report/
     """
     from recap_core.label.advantage import check_lookahead
-    from recap_core.label.checkpoint import resolve_value_checkpoint
-    from recap_core.label.pipeline import LabelOptions, check_demos, label_dataset
+    from recap_core.label.pipeline import LabelOptions, label_with_checkpoint
     from recap_core.label.predict import parse_shard
-    from recap_core.label.threshold import check_top_percent
 
-    # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.
-    check_top_percent(top_percent)
-    steps_ahead = check_lookahead(lookahead)
-    check_demos(demos)
-    shard_spec = parse_shard(shard)
-    ckpt = resolve_value_checkpoint(checkpoint)
-    # Feed the value model the cameras it was trained on unless told otherwise.
     options = LabelOptions(
-        top_percent=top_percent, lookahead=steps_ahead, per_task=per_task, use_ema=use_ema, batch_size=batch_size,
-        cameras=tuple(cameras) if cameras else ckpt.cameras, output=output, in_place=in_place,
-        overwrite=overwrite, cache_dir=cache, shard=shard_spec, merge_from=tuple(merge_shards or ()),
+        top_percent=top_percent, lookahead=check_lookahead(lookahead), per_task=per_task, use_ema=use_ema,
+        batch_size=batch_size, cameras=tuple(cameras) if cameras else None, output=output, in_place=in_place,
+        overwrite=overwrite, cache_dir=cache, shard=parse_shard(shard), merge_from=tuple(merge_shards or ()),
         report_dir=report, demos=demos,
     )
-    if not no_preflight:
-        from recap_core.doctor import preflight
-
-        preflight("value-label", warn=warn, preset=ckpt.preset, dataset=dataset, output_dir=(output or dataset).parent)
-    from recap_core.label.model import value_predictor
-
     with _label_progress() as (on_start, on_batch):
-        result = label_dataset(
-            dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=use_ema), options,
-            on_start=on_start, on_batch=on_batch,
-        )
-    # Which value model made the labels: a run has several steps, and the latest is the default.
-    result["checkpoint"] = {"run_dir": str(ckpt.run_dir), "step": ckpt.step, "use_ema": use_ema}
+        result = label_with_checkpoint(dataset, checkpoint, options, preflight=not no_preflight, warn=warn,
+                                       on_start=on_start, on_batch=on_batch)
     emit(result, as_json, _render_label)
 
 

@@ -16,8 +16,7 @@ import numpy as np
 
 from recap_core.data.dataset import DatasetInfo
 from recap_core.label.checkpoint import ValueCheckpoint
-from recap_core.label.pipeline import PredictorFactory
-from recap_core.label.predict import Batch, InferenceFrames, PredictFn
+from recap_core.label.predict import Batch, InferenceFrames, PredictFn, PredictorFactory
 
 ForwardFn = Callable[[Any, dict[str, Any]], Any]
 DEFAULT_IMAGE_SIZE = (224, 224)

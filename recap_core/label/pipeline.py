@@ -28,15 +28,12 @@ from recap_core.errors import ConfigError, DatasetError, RecapError
 from recap_core.fsutil import check_output
 from recap_core.label.advantage import DEFAULT_LOOKAHEAD, Lookahead, check_lookahead, n_step_advantage
 from recap_core.label.cache import PredictionCache, default_cache_dir, identity
-from recap_core.label.predict import LoadFn, PredictFn, needed_mask, predict_values, shard_episodes
+from recap_core.label.predict import PredictorFactory, needed_mask, predict_values, shard_episodes
 from recap_core.label.relabel import FrameLabels, default_output, relabel_in_place, write_labelled_copy
 from recap_core.label.threshold import DEFAULT_TOP_PERCENT, binarise, check_top_percent, skipped_episodes
 
 STAGE = "recap value label"
 DEMO_MODES = ("positive", "value")
-# Builds (load_batch, predict_fn) for the chosen cameras; called only if something is uncached,
-# so a fully cached rerun never loads the model.
-PredictorFactory = Callable[[DatasetInfo, tuple[str, ...]], tuple[LoadFn, PredictFn]]
 
 
 class MissingPredictionsError(RecapError):
@@ -284,3 +281,38 @@ def _gather_values(frames: Frames, rows: dict[int, np.ndarray], cache: Predictio
             )
         values[r] = cached
     return values
+
+
+def label_with_checkpoint(
+    dataset: Path,
+    checkpoint: Path,
+    options: LabelOptions,
+    *,
+    preflight: bool = True,
+    warn: Callable[[str], None] = lambda _: None,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """`recap value label` end to end: resolve the value run (`--checkpoint`), feed it the cameras it
+    was trained on unless `options.cameras` names others, run the doctor's value-label checks, label.
+    The result says which value model (run, step, EMA or raw) made the labels."""
+    from recap_core.label.checkpoint import resolve_value_checkpoint
+    from recap_core.label.model import value_predictor
+
+    # Cheap flag checks first: hashing a large checkpoint should not precede a typo's error.
+    check_top_percent(options.top_percent)
+    check_lookahead(options.lookahead)
+    check_demos(options.demos)
+    ckpt = resolve_value_checkpoint(Path(checkpoint))
+    if options.cameras is None:
+        options = dataclasses.replace(options, cameras=ckpt.cameras)
+    if preflight:
+        from recap_core.doctor import preflight as doctor_preflight
+
+        doctor_preflight("value-label", warn=warn, preset=ckpt.preset, dataset=Path(dataset),
+                         output_dir=Path(options.output or dataset).parent)
+    result = label_dataset(dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=options.use_ema), options,
+                           on_start=on_start, on_batch=on_batch)
+    # Which value model made the labels: a run has several steps, and the latest is the default.
+    result["checkpoint"] = {"run_dir": str(ckpt.run_dir), "step": ckpt.step, "use_ema": options.use_ema}
+    return result

@@ -28,6 +28,9 @@ from recap_core.label.cache import PredictionCache
 Batch = dict[str, Any]
 PredictFn = Callable[[Batch], np.ndarray]
 LoadFn = Callable[[np.ndarray], Batch]
+# Builds (load_batch, predict_fn) for the chosen cameras (a `DatasetInfo` and camera names); called
+# only if something is uncached, so a fully cached rerun never loads the model.
+PredictorFactory = Callable[[Any, tuple[str, ...]], tuple[LoadFn, PredictFn]]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

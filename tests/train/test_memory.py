@@ -15,7 +15,7 @@ import pytest
 from recap_core.config import resolve_run_config
 from recap_core.data.synthetic import make_dataset
 from recap_core.errors import ConfigError, PreflightError
-from recap_core.train import memory
+from recap_core.train import estimate, memory
 from recap_core.train.jobs import build_job, preset_model
 from recap_core.train.loop import train
 from recap_core.train.sharding import make_mesh
@@ -49,7 +49,7 @@ def value_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("memory")
     config = resolve_run_config("value", "value-tiny", "unused", environ={}, flags={"batch_size": 4},
                                 model=preset_model("value", "value-tiny"))
-    predicted = memory.analyse(config)
+    predicted = estimate.analyse(config)
     ds = make_dataset(root / "ds", episodes=2, frames=6)
     real = config.model_copy(update={"dataset": str(ds)})
     job = build_job(real, root / "run", resuming=False)

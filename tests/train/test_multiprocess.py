@@ -25,7 +25,7 @@ def _free_port() -> int:
 def test_two_processes_train_one_run_and_write_it_once(tmp_path: Path) -> None:
     make_dataset(tmp_path / "ds", episodes=4, frames=12, cameras=("cam_high",))
     port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
            "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     procs = [
         subprocess.Popen(

@@ -65,7 +65,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_fsdp_run_on_four_devices_matches_data_parallel(tmp_path: Path) -> None:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"}
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, cwd=root, timeout=300
