@@ -175,16 +175,16 @@ class DemoRunner:
     def train(self, name: str, command: tuple[str, ...], dataset: str, run: str, preset: str, steps: int,
               init: str = "random", flags: dict[str, Any] | None = None, extra: tuple[str, ...] = ()) -> None:
         """One training stage as `recap sft|finetune|value train` runs it (preflight included)."""
-        from recap_core.launch import result_summary, train_stage
+        from recap_core.launch import prepare_stage, result_summary, run_prepared
 
         stage = "value" if command == ("value", "train") else command[0]
         init_path = init if init in ("random", "base") else str(self.work / init)
 
         def go() -> dict[str, Any]:
-            return result_summary(train_stage(
-                stage, self.work / "data" / dataset, preset=preset, init=init_path, run_dir=self.work / "runs" / run,
-                overwrite=True, steps=steps, flags={"batch_size": self.plan.batch_size, **(flags or {})},
-                warn=self._note, info=self._note))
+            prepared = prepare_stage(stage, self.work / "data" / dataset, preset=preset, init=init_path,
+                                     run_dir=self.work / "runs" / run, overwrite=True, steps=steps,
+                                     flags={"batch_size": self.plan.batch_size, **(flags or {})}, warn=self._note)
+            return result_summary(run_prepared(prepared, overwrite=True, warn=self._note, info=self._note))
 
         self.stage(name, go, (*command, f"data/{dataset}", "--preset", preset, "--init", init, "--run-dir",
                               f"runs/{run}", "--steps", steps, "--batch-size", self.plan.batch_size, "--overwrite",

@@ -1,6 +1,10 @@
-"""Run one training stage as `recap sft`, `recap finetune` and `recap value train` do: resolve the
-config (or reopen a run to resume), run the doctor's preflight, check the dataset and `--init`, then
-train. The CLI adds only progress bars and printing; the demo and library users call this directly.
+"""Run one training stage as `recap sft`, `recap finetune` and `recap value train` do:
+`prepare_stage` resolves the config (or reopens a run to resume), `run_prepared` runs the doctor's
+preflight, checks the dataset, `--init` and the run directory, then trains. The CLI adds only
+progress bars and printing; the demo and library users call the same two functions:
+
+    run = prepare_stage("sft", Path("data/demos"), preset="pi05-tiny", init="random", steps=100)
+    result = run_prepared(run)
 """
 
 from __future__ import annotations
@@ -137,30 +141,6 @@ def run_prepared(
     with progress() if progress is not None else contextlib.nullcontext(on_event) as events:
         return train(job, config, run_dir, resume=run.resuming, overwrite=overwrite and not run.resuming,
                      on_event=events)
-
-
-def train_stage(
-    stage: str,
-    dataset: Path,
-    *,
-    preset: str,
-    init: str = "base",
-    run_dir: Path | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    steps: int | None = None,
-    flags: dict[str, Any] | None = None,
-    sets: Sequence[str] = (),
-    config_file: Path | None = None,
-    preflight: bool = True,
-    warn: Say = _quiet,
-    info: Say = _quiet,
-    on_event: Callable[[StepEvent], None] | None = None,
-) -> TrainResult:
-    """`prepare_stage` then `run_prepared`: one stage, end to end, as its command runs it."""
-    run = prepare_stage(stage, dataset, preset=preset, init=init, run_dir=run_dir, resume=resume, overwrite=overwrite,
-                        steps=steps, flags=flags, sets=sets, config_file=config_file, warn=warn)
-    return run_prepared(run, overwrite=overwrite, preflight=preflight, warn=warn, info=info, on_event=on_event)
 
 
 def result_summary(result: TrainResult) -> dict[str, Any]:

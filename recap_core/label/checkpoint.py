@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recap_core.errors import CheckpointError
+from recap_core.rundir import find_run
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,6 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
     """Resolve `--checkpoint`; raise CheckpointError unless it is a finished value-model run."""
     from recap_core.config import load_run_config
     from recap_core.errors import ConfigError
-    from recap_core.train.init import latest_step, resolve_run_path
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -48,9 +48,11 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
             f"--checkpoint {path} does not exist",
             fix="pass the run directory of `recap value train` (or its checkpoints/<step>)",
         )
+    run = find_run(path)
     try:
-        run_dir, step = resolve_run_path(path)
-        config = load_run_config(run_dir / "config.json")
+        if run is None:
+            raise CheckpointError("no config.json there, in its parent or two levels up")
+        config = load_run_config(run.config_path)
     except (CheckpointError, ConfigError) as exc:
         raise CheckpointError(
             f"--checkpoint {path} is not a recap value-model run: {exc.message}",
@@ -61,5 +63,6 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
             f"--checkpoint {path} is a `{config.stage}` run (preset {config.preset}), not a value model",
             fix="pass the run directory of `recap value train`; policies cannot label advantages",
         )
-    return ValueCheckpoint(run_dir=run_dir, step=latest_step(run_dir, step), preset=config.preset,
+    step = run.resolved_step(fix="train the value model until it saves a checkpoint, or pass another run")
+    return ValueCheckpoint(run_dir=run.dir, step=step, preset=config.preset,
                            cameras=tuple(config.cameras) if config.cameras else None)

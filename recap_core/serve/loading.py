@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recap_core.errors import CheckpointError, ServeError
+from recap_core.rundir import find_run
 from recap_core.serve.observation import ADV_IND_VALUES
 from recap_core.serve.policy import Policy
 
@@ -89,38 +90,23 @@ def model_kind(config: dict[str, Any], run_dir: Path) -> str:
 def resolve_checkpoint(path: Path) -> RunCheckpoint:
     """Accept `<run>` (latest step) or `<run>/checkpoints/<step>`; check the files serving needs."""
     path = Path(path)
-    step: int | None = None
-    run_dir = path
-    if path.parent.name == "checkpoints" and path.name.isdigit() and (path.parent.parent / "config.json").is_file():
-        run_dir, step = path.parent.parent, int(path.name)
-    elif not path.exists():
-        raise ServeError(f"{path} does not exist", fix="pass a recap run directory (it holds config.json)")
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
+    run = find_run(path)
+    if run is None:
+        if not path.exists():
+            raise ServeError(f"{path} does not exist", fix="pass a recap run directory (it holds config.json)")
         raise ServeError(
             f"{path} is not a recap run directory (no config.json)",
             fix="pass the directory given to --run-dir when training, or <run>/checkpoints/<step>; "
             "to test wiring without a checkpoint use `recap serve --policy zeros --action-shape H,D`",
         )
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(run.config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}", fix="restore the run's config.json") from exc
+        raise CheckpointError(f"{run.config_path} is not valid JSON: {exc}", fix="restore the run's config.json") from exc
     if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path} must hold a JSON object", fix="restore the run's config.json")
-    steps_dir = run_dir / "checkpoints"
-    steps = sorted(int(p.name) for p in steps_dir.iterdir() if p.is_dir() and p.name.isdigit()) if steps_dir.is_dir() else []
-    if not steps:
-        raise CheckpointError(
-            f"{run_dir} has no checkpoints (expected {steps_dir}/<step>/)",
-            fix="train until the first checkpoint is saved, or pass another run",
-        )
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointError(f"{run_dir} has no checkpoint at step {step}; it has {steps}", fix="pick one of those")
-    norm_stats = run_dir / "assets" / "norm_stats.json"
-    return RunCheckpoint(run_dir, config, step, steps_dir / str(step), norm_stats if norm_stats.is_file() else None)
+        raise CheckpointError(f"{run.config_path} must hold a JSON object", fix="restore the run's config.json")
+    step = run.resolved_step(fix="train until the first checkpoint is saved, or pass another run")
+    return RunCheckpoint(run.dir, config, step, run.step_dir(step), run.norm_stats)
 
 
 def load_policy(path: Path | RunCheckpoint, options: ServeOptions | None = None) -> Policy:

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from recap_core.config import RunConfig, load_run_config
 from recap_core.errors import CheckpointError
+from recap_core.rundir import RunRef, find_run
 from recap_core.stages import TRAINED, for_run, is_tiny
 from recap_core.train.checkpoint import RunCheckpoints
 from recap_core.train.state import ModelParts, count_params, fingerprint, init_parts
@@ -39,13 +40,10 @@ def stage_family(stage: str) -> str:
 
 def resolve_run_path(path: Path) -> tuple[Path, int | None]:
     """`run/`, `run/checkpoints/` or `run/checkpoints/<step>/` -> (run dir, step or None=latest)."""
+    run = find_run(path)
+    if run is not None:
+        return run.dir, run.step
     path = Path(path).expanduser().absolute()
-    if (path / "config.json").is_file():
-        return path, None
-    if path.name == "checkpoints" and (path.parent / "config.json").is_file():
-        return path.parent, None
-    if path.name.isdigit() and (path.parent.parent / "config.json").is_file():
-        return path.parent.parent, int(path.name)
     if (path / "params").is_dir() or (path / "_CHECKPOINT_METADATA").is_file():
         raise CheckpointError(
             f"{path} looks like an openpi/orbax checkpoint, not a recap run",
@@ -72,19 +70,7 @@ def init_run(config: RunConfig) -> tuple[Path, int | None] | None:
 
 def latest_step(run_dir: Path, step: int | None) -> int:
     """`step` if the run has a finished checkpoint there, else (step None) its latest one."""
-    ckpts = RunCheckpoints(run_dir / "checkpoints", read_only=True)
-    steps = ckpts.steps() if (run_dir / "checkpoints").is_dir() else []
-    if not steps:
-        raise CheckpointError(
-            f"run {run_dir} has no finished checkpoint", fix="train it longer or pass another run to --init"
-        )
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise CheckpointError(
-            f"run {run_dir} has no checkpoint at step {step} (it has {steps})", fix="pick one of those steps"
-        )
-    return step
+    return RunRef(Path(run_dir), step).resolved_step(fix="train it longer or pass another run to --init")
 
 
 def _load_base_weights(config: RunConfig, parts: ModelParts, mesh: Mesh) -> tuple[ModelParts, dict[str, Any]]:

@@ -20,7 +20,7 @@ from flax import traverse_util
 
 from recap_core.errors import CheckpointError
 from recap_core.fsutil import atomic_output_dir
-from recap_core.weights.kinds import is_recap_run
+from recap_core.rundir import NORM_STATS, find_run
 from recap_core.weights.openpi import save_openpi_checkpoint
 
 
@@ -34,30 +34,27 @@ def export_openpi(
 ) -> dict[str, Any]:
     """Write `out` from a recap policy run (its dir, `checkpoints/` or `checkpoints/<step>`)."""
     from recap_core.config import load_run_config
-    from recap_core.train.checkpoint import RunCheckpoints
-    from recap_core.train.init import POLICY_STAGES, load_parts, resolve_run_path
+    from recap_core.train.init import POLICY_STAGES, load_parts
     from recap_core.train.jobs import task_for_config
     from recap_core.train.sharding import make_mesh
     from recap_core.weights.lora_merge import merge_lora as fold
     from recap_core.weights.parts import parts_pure_dict
 
     run_or_ckpt = Path(run_or_ckpt).expanduser()
-    if not is_recap_run(run_or_ckpt):
+    run = find_run(run_or_ckpt)
+    if run is None:
         raise CheckpointError(
             f"{run_or_ckpt} is not a recap run (no config.json there or two levels up)",
             fix="pass the --run-dir of `recap sft` / `recap finetune`, or one of its checkpoints/<step>",
         )
-    run_dir, step = resolve_run_path(run_or_ckpt)
-    if step is None:
-        ckpts = RunCheckpoints(run_dir / "checkpoints", read_only=True)
-        step = ckpts.latest_step()  # reported, and pinned so the export says which step it holds
-        ckpts.close()
+    run_dir = run.dir
+    step = run.resolved_step()  # reported, and pinned so the export says which step it holds
     config = load_run_config(run_dir / "config.json")
     if config.stage not in POLICY_STAGES:
         raise CheckpointError(f"{run_dir} is a `{config.stage}` run; only policies export to openpi",
                               fix="pass a run of `recap sft` or `recap finetune`")
-    stats_path = run_dir / "assets" / "norm_stats.json"
-    if not stats_path.is_file():
+    stats_path = run.dir / NORM_STATS
+    if run.norm_stats is None:
         raise CheckpointError(f"{stats_path} is missing; openpi needs the norm stats next to the params",
                               fix="restore the run's assets/ folder (training writes it)")
     norm_stats = json.loads(stats_path.read_text())

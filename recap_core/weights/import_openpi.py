@@ -24,8 +24,9 @@ from typing import Any
 
 from recap_core.errors import CheckpointError
 from recap_core.fsutil import atomic_output_dir, check_output
+from recap_core.rundir import find_run
 from recap_core.weights.init_source import published_weights_kind
-from recap_core.weights.kinds import check_policy_kind, is_recap_run
+from recap_core.weights.kinds import check_policy_kind
 
 NORM_STATS = "norm_stats.json"
 
@@ -92,7 +93,7 @@ def import_openpi(
     root = checkpoint_root(ckpt)
     if not root.exists():
         raise CheckpointError(f"openpi checkpoint {root} does not exist", fix="check the path")
-    if is_recap_run(root):
+    if find_run(root) is not None:
         raise CheckpointError(f"{root} is already a recap run (it holds config.json)",
                               fix="use it directly (serve, --init, export); nothing to import")
     if published_weights_kind(root) != "openpi":

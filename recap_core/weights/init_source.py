@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from recap_core.errors import CheckpointError
-from recap_core.weights.kinds import is_recap_run, openpi_params_dir
+from recap_core.rundir import find_run
+from recap_core.weights.kinds import openpi_params_dir
 from recap_core.weights.layout import BUNDLE_GEMMA
 
 PublishedKind = Literal["openpi", "bundle"]
@@ -23,7 +24,7 @@ def published_weights_kind(path: Path) -> PublishedKind | None:
     broken file, instead of being reported as "not a recap run".
     """
     path = Path(path).expanduser()
-    if not path.is_dir() or is_recap_run(path):
+    if not path.is_dir() or find_run(path) is not None:
         return None
     if (path / BUNDLE_GEMMA).is_dir():
         return "bundle"

@@ -37,13 +37,6 @@ def classify_openpi_keys(keys: Iterable[tuple[str, ...]]) -> CheckpointKind:
     return "openpi-full"
 
 
-def is_recap_run(path: Path) -> bool:
-    path = Path(path)
-    return ((path / "config.json").is_file()
-            or (path.name == "checkpoints" and (path.parent / "config.json").is_file())
-            or (path.name.isdigit() and (path.parent.parent / "config.json").is_file()))
-
-
 def other_preset(preset: str, *, lora: bool) -> str:
     """The preset of the same policy with (lora=True) or without LoRA: pi05 <-> pi05-lora."""
     if is_tiny(preset):  # tiny presets have no -lora twin: LoRA is a choice of Gemma variants

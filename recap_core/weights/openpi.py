@@ -17,11 +17,11 @@ import jax
 from flax import traverse_util
 
 from recap_core.errors import CheckpointError
+from recap_core.rundir import find_run
 from recap_core.weights.kinds import (
     CheckpointKind,
     check_policy_kind,
     classify_openpi_keys,
-    is_recap_run,
     openpi_params_dir,
 )
 from recap_core.weights.layout import BUNDLE_GEMMA
@@ -91,7 +91,7 @@ class OpenpiParams:
 def detect_checkpoint_kind(path: Path) -> CheckpointKind:
     """Classify `path` from its layout and stored key names (reads no array data)."""
     path = Path(path).expanduser()
-    if is_recap_run(path):
+    if find_run(path) is not None:
         return "recap-run"
     if (path / BUNDLE_GEMMA).is_dir():
         return "bundle"
