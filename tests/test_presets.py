@@ -155,3 +155,23 @@ def test_cli_lists_presets_as_json_and_rejects_unknown_names() -> None:
     assert one.returncode == 0 and "pi06-lora" in one.stdout and "pi05 " not in one.stdout
     bad = _recap("presets", "pi07")
     assert bad.returncode == 2 and "unknown preset" in bad.stderr and not bad.stdout
+
+
+def test_a_stage_takes_only_its_familys_presets():
+    """The registry's `kind` decides: a value preset cannot train a policy and the reverse, and sft
+    refuses a pi0.6 preset; each error lists what the stage does take."""
+    from recap_core.errors import ConfigError
+    from recap_core.train.jobs import preset_model
+
+    assert preset_model("value", "value-tiny") == {"kind": "value", "name": "value-tiny"}
+    assert preset_model("finetune", "pi06-tiny")["pi06"] is True
+    with pytest.raises(ConfigError, match="is a value preset, not a policy one") as info:
+        preset_model("sft", "value-tiny")
+    assert "pi05-tiny" in info.value.fix and "pi06" not in info.value.fix
+    with pytest.raises(ConfigError, match="is a policy preset, not a value one") as info:
+        preset_model("value", "pi05-tiny")
+    assert info.value.fix.endswith("value, value-tiny")
+    with pytest.raises(ConfigError, match="pi0.6 policy"):
+        preset_model("sft", "pi06-tiny")
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        preset_model("finetune", "nope")

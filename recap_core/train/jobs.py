@@ -39,27 +39,21 @@ POLICY_KIND, VALUE_KIND = "pi0", "value"
 
 
 def preset_model(stage: str, preset: str) -> dict[str, Any]:
-    """The preset's model config as plain data (`kind` + fields), stored in the run config."""
-    if stage == "value":
-        from recap_core.models.value import VALUE_PRESETS, value_config
+    """The preset's model config as plain data (`kind` + fields), stored in the run config. The
+    preset registry says which family a preset is; a stage takes only its own family's presets."""
+    from recap_core.presets import get_preset, list_presets
 
-        if not preset.startswith("value"):
-            raise ConfigError(f"preset {preset!r} is not a value-model preset",
-                              fix=f"use one of: {', '.join(sorted(VALUE_PRESETS))}")
-        value_config(preset)  # unknown names raise a ConfigError listing the presets
+    found = get_preset(preset)  # an unknown name raises a ConfigError listing every preset
+    family = for_run(stage).family
+    if found.kind != family:
+        named = [p.name for p in list_presets() if p.kind == family and not (stage == "sft" and p.model.pi06)]
+        raise ConfigError(f"preset {preset!r} is a {found.kind} preset, not a {family} one",
+                          fix=f"{for_run(stage).command} takes one of: {', '.join(named)}")
+    if family == "value":
         return {"kind": VALUE_KIND, "name": preset}
-    try:
-        from recap_core.presets import get_preset
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"policy preset {preset!r}: recap_core.presets is not available in this install",
-                          fix="reinstall recap (pip install -e .)") from exc
-    found = get_preset(preset)
-    model = getattr(found, "model", found)
-    if not hasattr(model, "to_dict") or not hasattr(model, "pi06"):
-        raise ConfigError(f"preset {preset!r} is not a policy preset", fix=f"{for_run(stage).command} needs a pi05/pi06 preset")
-    if stage == "sft" and model.pi06:
+    if stage == "sft" and found.model.pi06:
         raise _sft_pi06(preset)
-    return {"kind": POLICY_KIND, **model.to_dict()}
+    return {"kind": POLICY_KIND, **found.model.to_dict()}
 
 
 def _sft_pi06(preset: str) -> ConfigError:
