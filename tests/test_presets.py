@@ -171,7 +171,7 @@ def test_a_stage_takes_only_its_familys_presets():
     with pytest.raises(ConfigError, match="is a policy preset, not a value one") as info:
         preset_model("value", "pi05-tiny")
     assert info.value.fix.endswith("value, value-tiny")
-    with pytest.raises(ConfigError, match="pi0.6 policy"):
+    with pytest.raises(ConfigError, match=r"pi0\.6 policy"):
         preset_model("sft", "pi06-tiny")
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         preset_model("finetune", "nope")

@@ -27,7 +27,7 @@ def openpi(
 
     Example:  recap export openpi runs/pi06-lora ~/ckpts/pi06_openpi --merge-lora --asset-id trossen
     """
-    from recap_core.weights.export import export_openpi
+    from recap_core.interop.export import export_openpi
 
     with err_console.status("exporting to openpi layout"):
         result = export_openpi(run_or_ckpt, out, merge_lora=merge_lora, asset_id=asset_id, overwrite=overwrite)

@@ -43,7 +43,7 @@ def openpi(
 
     Example:  recap import openpi ~/ckpts/pi05_base runs/pi05-base --preset pi05
     """
-    from recap_core.weights.import_openpi import import_openpi
+    from recap_core.interop.import_openpi import import_openpi
 
     with err_console.status("importing openpi checkpoint"):
         result = import_openpi(ckpt, out, preset=preset, norm_stats=norm_stats, asset_id=asset_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from typing import Any
 
 from flax import nnx, traverse_util
@@ -15,8 +15,9 @@ def parts_pure_dict(parts: Any) -> dict[str, Any]:
     return traverse_util.unflatten_dict(flat)
 
 
-def fill_parts(parts: Any, loaded: dict[str, Any], rebuild: Callable[..., Any]) -> Any:
-    """Parts whose params are replaced by `loaded` where it has them (others keep their init)."""
+def fill_parts(parts: Any, loaded: dict[str, Any]) -> Any:
+    """Parts (a `train.state.ModelParts`) whose params are replaced by `loaded` where it has them
+    (others keep their init)."""
     new = traverse_util.flatten_dict(loaded)
 
     def fill(state: nnx.State) -> nnx.State:
@@ -25,4 +26,4 @@ def fill_parts(parts: Any, loaded: dict[str, Any], rebuild: Callable[..., Any]) 
         nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
         return state
 
-    return rebuild(parts.graphdef, fill(parts.trainable), fill(parts.frozen))
+    return dataclasses.replace(parts, trainable=fill(parts.trainable), frozen=fill(parts.frozen))

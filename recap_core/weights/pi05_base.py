@@ -15,12 +15,10 @@ def load_into_parts(config: Any, parts: Any, mesh: Any, path: Path | None = None
     `path` defaults to settings.pi05_base_dir (RECAP_PI05_BASE_DIR). Each array lands on the
     sharding and dtype the part already has; LoRA adapters the checkpoint lacks keep their init.
     """
-    from recap_core.train.state import ModelParts
-
     if path is None:
         from recap_core.settings import get_settings
 
         path = get_settings().pi05_base_dir
     del mesh  # the shardings come from the parts themselves
     loaded = load_policy_params(Path(path), parts_pure_dict(parts), preset=config.preset)
-    return fill_parts(parts, loaded, ModelParts), {"kind": "openpi", "path": str(Path(path).absolute())}
+    return fill_parts(parts, loaded), {"kind": "openpi", "path": str(Path(path).absolute())}

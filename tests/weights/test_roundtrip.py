@@ -16,12 +16,12 @@ from flax import nnx, traverse_util
 
 from recap_core.config import load_run_config, resolve_run_config
 from recap_core.errors import CheckpointError
+from recap_core.interop.export import export_openpi
+from recap_core.interop.import_openpi import import_openpi
 from recap_core.presets import get_preset
 from recap_core.train.init import build_parts
 from recap_core.train.jobs import preset_model, task_for_config
 from recap_core.train.sharding import make_mesh
-from recap_core.weights.export import export_openpi
-from recap_core.weights.import_openpi import import_openpi
 from recap_core.weights.openpi import save_openpi_checkpoint, to_openpi_tree
 from recap_core.weights.orbax_tree import read_tree_metadata, restore_leaves
 from recap_core.weights.parts import parts_pure_dict

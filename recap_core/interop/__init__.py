@@ -1,0 +1,1 @@
+"""Runs to and from openpi checkpoints: `recap export openpi` and `recap import openpi`."""
