@@ -136,6 +136,8 @@ def fit_verdict(val: dict[str, float], seen: dict[str, float]) -> dict[str, Any]
         out["rank_corr_gap"] = gap
         if gap >= OVERFIT_RANK_GAP:
             reasons.append(f"per-episode Spearman {val[key]:.2f} held out vs {seen[key]:.2f} on training episodes")
+    if "bin_accuracy" in val and "bin_accuracy" in seen:  # reported beside the verdict, which it does not drive
+        out.update(val_bin_accuracy=val["bin_accuracy"], train_bin_accuracy=seen["bin_accuracy"])
     if reasons:
         out.update(overfit=True, message="the model fits its training episodes far better than held-out ones: "
                    + "; ".join(reasons),

@@ -68,12 +68,29 @@ class ValueTask:
         return model.loss(inputs)
 
     def eval_outputs(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {"value": model.predict(inputs)}
+        import jax.numpy as jnp
+
+        from recap_core.models.value import expected_value
+
+        logits = model.logits(inputs)
+        return {"value": expected_value(logits, self.model_config), "bin": jnp.argmax(logits, axis=-1)}
 
     def summarize_eval(self, outputs: dict[str, np.ndarray], batches: list[Mapping[str, Any]]) -> dict[str, float]:
         target = np.concatenate([np.asarray(b["value_label"]) for b in batches])
         episode = np.concatenate([np.asarray(b["episode_index"]) for b in batches])
-        return per_episode_value_metrics(outputs["value"], target, episode)
+        out = per_episode_value_metrics(outputs["value"], target, episode)
+        out["bin_accuracy"] = bin_accuracy(outputs["bin"], target, self.model_config)
+        return out
+
+
+def bin_accuracy(predicted_bin: np.ndarray, target: np.ndarray, config: Any) -> float:
+    """Share of frames whose most likely bin is the bin nearest their `value_label` (clipped to the
+    support): the figure peers report to show a value model memorising its episodes (e.g. 93% on
+    training episodes against 18% held out)."""
+    clipped = np.clip(np.asarray(target, np.float64).reshape(-1), config.v_min, config.v_max)
+    nearest = np.rint((clipped - config.v_min) / config.bin_width).astype(np.int64)
+    predicted = np.asarray(predicted_bin).reshape(-1)
+    return float(np.mean(predicted == nearest)) if len(predicted) else float("nan")
 
 
 def value_task(config: RunConfig, cameras: Sequence[str], *, run_dir: Path | None = None) -> ValueTask:

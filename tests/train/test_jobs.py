@@ -60,7 +60,7 @@ def test_value_run_writes_val_metrics(value_run: tuple[Path, dict]) -> None:
         assert record["batches"] == 2.0  # val.max_batches of the 4 held-out batches
         assert math.isfinite(record["loss"]) and math.isfinite(record["value_mae"])
         assert record["value_mae"] >= 0 and -1 <= record["value_rank_corr_per_episode"] <= 1
-        assert record["episodes"] >= 1
+        assert record["episodes"] >= 1 and 0 <= record["bin_accuracy"] <= 1
     assert result_val == {k: v for k, v in val[-1].items() if k not in ("step", "split", "time")}
 
 
@@ -181,6 +181,18 @@ def test_value_run_evaluates_training_episodes_too(value_run: tuple[Path, dict])
     assert all(math.isfinite(r["loss"]) and r["batches"] >= 1 for r in seen)
     verdict = fit_verdict(val[-1], seen[-1])
     assert verdict["val_loss"] == val[-1]["loss"] and verdict["train_loss"] == seen[-1]["loss"]
+    assert (verdict["val_bin_accuracy"], verdict["train_bin_accuracy"]) == (val[-1]["bin_accuracy"],
+                                                                            seen[-1]["bin_accuracy"])
+
+
+def test_bin_accuracy_counts_the_bin_nearest_each_label() -> None:
+    from recap_core.models.value import value_config
+    from recap_core.train.value_task import bin_accuracy
+
+    config = value_config("value-tiny")  # 201 bins on [-1, 0]: bin k holds -1 + k / 200
+    labels = np.array([-1.0, -0.5, -0.5024, 0.0, 0.3, -1.7])  # the last two are clipped to the support
+    assert bin_accuracy(np.array([0, 100, 100, 200, 200, 0]), labels, config) == 1.0
+    assert bin_accuracy(np.array([1, 100, 99, 200, 199, 0]), labels, config) == pytest.approx(3 / 6)
 
 
 def test_fit_verdict_flags_a_memorising_model_and_not_a_fitting_one() -> None:
