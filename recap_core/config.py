@@ -59,6 +59,10 @@ class CheckpointConfig(_Section):
     """Keep the optimiser state in the last step's checkpoint (`--keep-optimizer`). False writes it
     params-only (trainable params + EMA): what serve, export, eval, label and --init read, a third of
     the bytes or less, but it cannot be resumed (start a new run from it with --init)."""
+    keep_best: bool = False
+    """Value runs (`--keep-best`): also save at every validation that ranks held-out frames better
+    than any before (per-episode Spearman of predicted value against value_label), keep that step
+    besides the latest, and record it in `<run>/best.json`; `value label` then labels with it."""
 
 
 class ValConfig(_Section):

@@ -103,7 +103,8 @@ def _render_label(result: dict) -> None:
         )
         return
     used = result["checkpoint"]
-    console.print(f"value model: {used['run_dir']} step {used['step']} ({'EMA' if used['use_ema'] else 'raw'} weights)")
+    why = {"best": ", its best held-out ranking", "latest": ", the latest"}.get(used.get("chosen", ""), "")
+    console.print(f"value model: {used['run_dir']} step {used['step']}{why} ({'EMA' if used['use_ema'] else 'raw'} weights)")
     thresholds = ", ".join(f"{k}: {v:.4g}" for k, v in result["thresholds"].items()) or "none"
     console.print(
         f"labelled {result['frames_labelled']} autonomous frames, "
@@ -142,6 +143,9 @@ def train(
     cameras: Annotated[list[str] | None, typer.Option("--cameras", help="Cameras to train on (repeat).")] = None,
     wandb: Annotated[str | None, typer.Option("--wandb", help="online | offline")] = None,
     keep_optimizer: KeepOptimizerOpt = None,
+    keep_best: Annotated[bool | None, typer.Option(
+        "--keep-best", help="Also keep the step whose held-out frames rank best (per-episode Spearman of predicted "
+        "value vs value_label, at each validation); `value label` then uses it (the run's best.json says which).")] = None,
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the doctor's checks.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON document.")] = False,
 ) -> None:
@@ -157,7 +161,8 @@ def train(
                        *([f"model.target={target}"] if target is not None else [])],
                  config_file=config, fsdp_devices=fsdp_devices, cameras=cameras, wandb=wandb,
                  no_preflight=no_preflight, as_json=as_json,
-                 extra_flags={"freeze_mode": freeze_mode, "checkpoint.final_optimizer": keep_optimizer})
+                 extra_flags={"freeze_mode": freeze_mode, "checkpoint.final_optimizer": keep_optimizer,
+                              "checkpoint.keep_best": keep_best})
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recap_core.errors import CheckpointError
-from recap_core.rundir import find_run
+from recap_core.rundir import RunRef, find_run
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class ValueCheckpoint:
     preset: str
     cameras: tuple[str, ...] | None = None
     """The cameras the value model was trained on (labelling uses the same ones by default)."""
+    chosen: str = "latest"
+    """Why this step: "named" (a checkpoints/<step> path), "best" (the run kept its best-ranked step,
+    `value train --keep-best`) or "latest"."""
 
     @property
     def step_dir(self) -> Path:
@@ -39,8 +42,11 @@ class ValueCheckpoint:
 
 def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
     """Resolve `--checkpoint`; raise CheckpointError unless it is a finished value-model run."""
+    import json
+
     from recap_core.config import load_run_config
     from recap_core.errors import ConfigError
+    from recap_core.train.checkpoint import BEST_FILE
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -63,6 +69,10 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
             f"--checkpoint {path} is a `{config.stage}` run (preset {config.preset}), not a value model",
             fix="pass the run directory of `recap value train`; policies cannot label advantages",
         )
+    chosen = "named" if run.step is not None else "latest"
+    best = run.dir / BEST_FILE
+    if run.step is None and best.is_file():
+        run, chosen = RunRef(run.dir, int(json.loads(best.read_text())["step"])), "best"
     step = run.resolved_step(fix="train the value model until it saves a checkpoint, or pass another run")
     return ValueCheckpoint(run_dir=run.dir, step=step, preset=config.preset,
-                           cameras=tuple(config.cameras) if config.cameras else None)
+                           cameras=tuple(config.cameras) if config.cameras else None, chosen=chosen)

@@ -314,5 +314,6 @@ def label_with_checkpoint(
     result = label_dataset(dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=options.use_ema), options,
                            on_start=on_start, on_batch=on_batch)
     # Which value model made the labels: a run has several steps, and the latest is the default.
-    result["checkpoint"] = {"run_dir": str(ckpt.run_dir), "step": ckpt.step, "use_ema": options.use_ema}
+    result["checkpoint"] = {"run_dir": str(ckpt.run_dir), "step": ckpt.step, "chosen": ckpt.chosen,
+                            "use_ema": options.use_ema}
     return result

@@ -23,6 +23,9 @@ from recap_core.config import CheckpointConfig
 from recap_core.errors import CheckpointError
 
 FORMAT = "recap-train-state/1"
+BEST_METRIC = "value_rank_corr_per_episode"
+"""What `keep_best` ranks steps by: the held-out per-episode Spearman of predicted value vs value_label."""
+BEST_FILE = "best.json"
 
 
 class RunCheckpoints:
@@ -31,9 +34,17 @@ class RunCheckpoints:
     def __init__(self, directory: Path, config: CheckpointConfig | None = None, *, read_only: bool = False):
         config = config or CheckpointConfig()
         self.directory = Path(directory).absolute()
+        keep: dict[str, Any] = {"max_to_keep": config.keep_last, "keep_period": config.keep_every}
+        if config.keep_best:
+            # Orbax's preservation policies: the latest, every keep_every-th, and the best-ranked step.
+            policies = [ocp.checkpoint_managers.LatestN(config.keep_last),
+                        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+                                                      keep_checkpoints_without_metrics=False)]
+            if config.keep_every:
+                policies.append(ocp.checkpoint_managers.EveryNSteps(config.keep_every))
+            keep = {"preservation_policy": ocp.checkpoint_managers.AnyPreservationPolicy(policies)}
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_last,
-            keep_period=config.keep_every,
+            **keep,
             enable_async_checkpointing=config.async_save and not read_only,
             create=not read_only,
             read_only=read_only,
@@ -46,14 +57,17 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], *, optimizer: bool = True) -> None:
-        """Save `state` at `step`; `optimizer=False` leaves out the optimiser state (params-only)."""
+    def save(self, step: int, state: Any, meta: dict[str, Any], *, optimizer: bool = True,
+             metrics: dict[str, float] | None = None) -> None:
+        """Save `state` at `step`; `optimizer=False` leaves out the optimiser state (params-only).
+        `metrics` (the validation at this step) rank it for `keep_best`."""
         if not optimizer:
             state = {k: v for k, v in state.items() if k != "opt_state"}
         meta = {"format": FORMAT, "step": int(step), "optimizer": bool(optimizer), **meta}
         self.manager.save(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            metrics=metrics,
             force=True,
         )
 

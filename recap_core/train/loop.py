@@ -24,7 +24,7 @@ from recap_core.config import RunConfig
 from recap_core.errors import CheckpointError, OutputExistsError
 from recap_core.fsutil import atomic_output_dir, check_output
 from recap_core.stack import stack_versions
-from recap_core.train.checkpoint import RunCheckpoints, checkpoint_bytes
+from recap_core.train.checkpoint import BEST_FILE, BEST_METRIC, RunCheckpoints, checkpoint_bytes
 from recap_core.train.init import TaskFactory, build_parts, check_base, init_run, parts_to_restore
 from recap_core.train.memory import check_step
 from recap_core.train.metrics import MetricsLog
@@ -86,6 +86,8 @@ class TrainResult:
     steps_per_s: float
     fit: dict[str, Any] | None = None
     """`validation.fit_verdict` at the last validation (value stage): overfit or not, and why."""
+    best_step: int | None = None
+    """With `checkpoint.keep_best`: the step whose held-out ranking was best (kept, in best.json)."""
     step_memory_bytes: int | None = None
     """XLA's per-device peak of the compiled train step (params, optimiser state, frozen base, batch,
     temporaries): what `recap doctor --batch-size` predicts. None when no step ran."""
@@ -218,10 +220,15 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     log = MetricsLog(run_dir, config, enabled=jax.process_index() == 0)
     batches = _batches(job.train_data)
 
-    def save(step: int) -> None:
+    best = _read_best(run_dir) if resuming else None
+    saved_at: int | None = None
+
+    def save(step: int, metrics: dict[str, float] | None = None) -> None:
+        nonlocal saved_at
         # The last step is params-only when asked (--no-keep-optimizer): for serving, not resuming.
         optimizer = config.checkpoint.final_optimizer or step < config.steps
-        ckpts.save(step, state, optimizer=optimizer, meta={
+        saved_at = step
+        ckpts.save(step, state, optimizer=optimizer, metrics=metrics, meta={
             "stage": config.stage,
             "preset": config.preset,
             "data": job.train_data.state_dict(),
@@ -267,7 +274,13 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
                     seen = run_validation(task, parts, state, job.train_eval_batches(), config, eval_loss, mesh)
                     log.write(step, seen, split="train_eval")
                     fit = fit_verdict(val_metrics, seen)
-            if step % config.checkpoint.every == 0 or step == config.steps:
+                if config.checkpoint.keep_best and BEST_METRIC in val_metrics and (
+                        best is None or val_metrics[BEST_METRIC] > best["value"]):
+                    best = {"step": step, "metric": BEST_METRIC, "value": val_metrics[BEST_METRIC]}
+                    save(step, metrics={BEST_METRIC: best["value"]})
+                    ckpts.wait()  # best.json never names a step that is not on disk yet
+                    _write_best(run_dir, best)
+            if (step % config.checkpoint.every == 0 or step == config.steps) and saved_at != step:
                 save(step)
     except KeyboardInterrupt:
         # Keep the work done so far: --resume continues from here.
@@ -300,5 +313,19 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
         steps_per_s=steps_per_s,
         fit=fit,
         step_memory_bytes=step_memory,
+        best_step=best["step"] if best else None,
     )
+
+
+def _read_best(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / BEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_best(run_dir: Path, best: dict[str, Any]) -> None:
+    """`<run>/best.json`: the step `keep_best` keeps (written once the checkpoint is on disk)."""
+    if jax.process_index() == 0:
+        tmp = run_dir / f".{BEST_FILE}.tmp"
+        tmp.write_text(json.dumps(best) + "\n")
+        os.replace(tmp, run_dir / BEST_FILE)
 

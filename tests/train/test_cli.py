@@ -70,7 +70,8 @@ def test_value_train_resume_and_refusals(datasets: Path) -> None:
     labelled = recap("value", "label", "ds", "--checkpoint", str(moved / "runs/v"), "--no-preflight", "--json",
                      "--output", "ds_labeled", cwd=datasets)
     assert labelled.returncode == 0, labelled.stderr[-3000:]
-    assert json.loads(labelled.stdout)["checkpoint"] == {"run_dir": str(moved / "runs/v"), "step": 4, "use_ema": True}
+    assert json.loads(labelled.stdout)["checkpoint"] == {"run_dir": str(moved / "runs/v"), "step": 4, "chosen": "latest",
+                                                       "use_ema": True}
 
 
 def test_stage_data_and_init_errors(datasets: Path) -> None:

@@ -206,3 +206,53 @@ def test_fit_verdict_flags_a_memorising_model_and_not_a_fitting_one() -> None:
     assert by_rank["overfit"] and "Spearman 0.10 held out vs 0.90" in by_rank["message"]
     tiny = fit_verdict({"loss": 0.03}, {"loss": 0.01})  # 3x, but a few hundredths: noise, not a gap
     assert tiny["overfit"] is False
+
+
+def test_keep_best_keeps_the_best_ranked_step_and_value_label_uses_it(dataset: Path, tmp_path: Path) -> None:
+    """--keep-best (issue 26): every validation that ranks held-out frames better than before saves
+    its step and names it in best.json; orbax keeps that step beside the latest and drops the
+    superseded ones; `value label --checkpoint RUN` resolves to it (a named step still wins)."""
+    import json
+
+    from recap_core.label.checkpoint import resolve_value_checkpoint
+
+    run = tmp_path / "run"
+    config = _value_config(dataset, **{"val.every": 1, "steps": 6, "checkpoint.every": 100,
+                                       "checkpoint.keep_best": True, "optim.peak_lr": 3e-3})
+    result = train(build_job(config, run, resuming=False), config, run)
+    val = [r for r in read_metrics(run) if r["split"] == "val"]
+    ranks = [r["value_rank_corr_per_episode"] for r in val]
+    best_step = val[int(np.argmax(ranks))]["step"]  # the first of equal bests: later ties do not replace it
+    assert json.loads((run / "best.json").read_text()) == {
+        "step": best_step, "metric": "value_rank_corr_per_episode", "value": max(ranks)}
+    assert result.best_step == best_step
+    kept = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({best_step, 6})
+    chosen = resolve_value_checkpoint(run)
+    assert (chosen.step, chosen.chosen) == (best_step, "best")
+    named = resolve_value_checkpoint(run / "checkpoints" / "6")
+    assert (named.step, named.chosen) == (6, "named")
+
+
+def test_keep_best_preserves_the_best_ranked_and_the_latest_steps_only(tmp_path: Path) -> None:
+    """Orbax's preservation policies as `keep_best` sets them: the best-ranked step survives later
+    saves, a superseded best and unranked older steps go, every keep_every-th stays."""
+    import jax.numpy as jnp
+
+    from recap_core.config import CheckpointConfig
+    from recap_core.train.checkpoint import BEST_METRIC, RunCheckpoints
+
+    ckpts = RunCheckpoints(tmp_path / "ckpts", CheckpointConfig(keep_last=1, keep_every=4, async_save=False,
+                                                                 keep_best=True))
+    ranks = {1: 0.2, 2: 0.6, 3: None, 5: 0.4, 6: None, 7: None}
+    for step, rank in ranks.items():
+        ckpts.save(step, {"w": jnp.full((2,), float(step))}, {}, metrics=None if rank is None else {BEST_METRIC: rank})
+    ckpts.wait()
+    assert ckpts.steps() == [2, 7]  # 2: best rank; 7: latest; 1 and 5 ranked lower, 3 and 6 unranked
+    ckpts.save(8, {"w": jnp.zeros((2,))}, {})
+    ckpts.wait()
+    assert ckpts.steps() == [2, 8]  # 8 is the latest and a multiple of keep_every
+    ckpts.save(9, {"w": jnp.zeros((2,))}, {})
+    ckpts.wait()
+    assert ckpts.steps() == [2, 8, 9]
+    ckpts.close()
