@@ -19,6 +19,13 @@ settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("ci")
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with a `slow` test run first: with one file per worker at a time (`--dist loadfile`),
+    a long end-to-end file that starts last keeps one worker busy while the other idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order within a file is kept
+
+
 # The tiny pi0 architecture policy tests train and serve (smaller prompt and horizon than pi05-tiny).
 TINY_PI0 = {
     "kind": "pi0",
