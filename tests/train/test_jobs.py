@@ -256,3 +256,17 @@ def test_keep_best_preserves_the_best_ranked_and_the_latest_steps_only(tmp_path:
     ckpts.wait()
     assert ckpts.steps() == [2, 8, 9]
     ckpts.close()
+
+
+def test_a_value_model_that_memorises_its_one_training_episode_is_flagged(tmp_path: Path) -> None:
+    """Deliberate overfitting (issue 26): one training episode, one held out, 150 steps with every
+    weight trainable. The run's fit verdict says so, with the fix, and the training episode's bins
+    are hit far more often than the held-out one's."""
+    ds = make_dataset(tmp_path / "ds", episodes=2, frames=16, cameras=("cam_high",))
+    config = _value_config(ds, **{"steps": 150, "log_every": 50, "checkpoint.every": 1000, "val.every": 150,
+                                  "val.max_batches": 4, "freeze_mode": "none", "optim.peak_lr": 3e-3,
+                                  "optim.warmup_steps": 5})
+    fit = train(build_job(config, tmp_path / "run", resuming=False), config, tmp_path / "run").fit
+    assert fit["overfit"] is True and fit["loss_ratio"] >= 1.5
+    assert "held-out loss" in fit["message"] and "--freeze-mode all_backbones" in fit["fix"]
+    assert fit["train_bin_accuracy"] > fit["val_bin_accuracy"] + 0.2
