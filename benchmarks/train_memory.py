@@ -46,7 +46,14 @@ CHILD = textwrap.dedent(
     t0 = time.perf_counter()
     result = train(job, config, root / "run")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"stage": stage, "preset": preset, "peak_rss_bytes": peak,
+    import jax
+
+    device = jax.devices()[0]
+    stats = (device.memory_stats() or {}) if device.platform != "cpu" else {}
+    device_peak = stats.get("peak_bytes_in_use")  # an accelerator's own peak (None on CPU: the host is the device)
+    print(json.dumps({"stage": stage, "preset": preset, "platform": device.platform, "device": device.device_kind,
+                      "device_peak_gib": None if device_peak is None else round(device_peak / 2**30, 3),
+                      "peak_rss_bytes": peak,
                       "peak_rss_gib": round(peak / 2**30, 3), "rss_before_model_gib": round(before / 2**30, 3),
                       "model_and_step_gib": round((peak - before) / 2**30, 3),
                       "predicted_step_gib": round((result.step_memory_bytes or 0) / 2**30, 3), "steps": steps,
