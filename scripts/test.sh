@@ -12,8 +12,10 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}
 export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0"
 .venv/bin/ruff check . || exit 1
 # Two workers (CI has 2 cores), one test file per worker at a time: files share their fixtures.
+# Files are handed out in collection order (tests/conftest.py puts the long end-to-end ones first),
+# not xdist's default of most tests first, which started the longest file last.
 # RECAP_TEST_WORKERS=0 runs everything in this process.
-.venv/bin/python -m pytest -n "${RECAP_TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
+.venv/bin/python -m pytest -n "${RECAP_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=20 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "no tests were collected: that is a failure" >&2
