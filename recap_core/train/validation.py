@@ -117,6 +117,10 @@ OVERFIT_LOSS_RATIO = 1.5
 """Held-out loss this many times the training episodes' loss (and at least 0.1 above it) is a gap."""
 OVERFIT_RANK_GAP = 0.3
 """Per-episode Spearman this much lower on held-out episodes than on training ones is a gap."""
+MIN_RANK_EPISODES = 3
+"""The ranking gap is judged only when both evaluations cover at least this many episodes (`episodes`
+in the metrics: `val.max_batches` batches may cover only one or two). Over one or two synthetic
+episodes an untrained model's gap reached 0.64 by chance, at a loss ratio of 1.00."""
 
 
 def fit_verdict(val: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
@@ -131,7 +135,8 @@ def fit_verdict(val: dict[str, float], seen: dict[str, float]) -> dict[str, Any]
         if ratio >= OVERFIT_LOSS_RATIO and val["loss"] - seen["loss"] >= 0.1:
             reasons.append(f"held-out loss {val['loss']:.3g} is {ratio:.1f}x the training episodes' {seen['loss']:.3g}")
     key = "value_rank_corr_per_episode"
-    if key in val and key in seen:
+    episodes = min(val.get("episodes", MIN_RANK_EPISODES), seen.get("episodes", MIN_RANK_EPISODES))
+    if key in val and key in seen and episodes >= MIN_RANK_EPISODES:
         gap = seen[key] - val[key]
         out["rank_corr_gap"] = gap
         if gap >= OVERFIT_RANK_GAP:

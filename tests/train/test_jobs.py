@@ -206,6 +206,12 @@ def test_fit_verdict_flags_a_memorising_model_and_not_a_fitting_one() -> None:
     assert by_rank["overfit"] and "Spearman 0.10 held out vs 0.90" in by_rank["message"]
     tiny = fit_verdict({"loss": 0.03}, {"loss": 0.01})  # 3x, but a few hundredths: noise, not a gap
     assert tiny["overfit"] is False
+    few = fit_verdict({"loss": 2.0, "value_rank_corr_per_episode": -0.4, "episodes": 2.0},
+                      {"loss": 2.0, "value_rank_corr_per_episode": 0.3, "episodes": 12.0})
+    assert few["overfit"] is False and "rank_corr_gap" not in few  # 2 held-out episodes: too few to judge
+    many = fit_verdict({"loss": 2.0, "value_rank_corr_per_episode": -0.4, "episodes": 3.0},
+                       {"loss": 2.0, "value_rank_corr_per_episode": 0.3, "episodes": 12.0})
+    assert many["overfit"] and many["rank_corr_gap"] == pytest.approx(0.7)
 
 
 def test_keep_best_keeps_the_best_ranked_step_and_value_label_uses_it(dataset: Path, tmp_path: Path) -> None:
