@@ -172,12 +172,14 @@ class DemoRunner:
             self.work / "raw" / raw, self.work / "data" / out, fps=fps, task=TASK, overwrite=True),
             ("convert", "aloha-hdf5", f"raw/{raw}", f"data/{out}", "--fps", fps, "--task", TASK, "--overwrite"))
 
-    def train(self, name: str, command: tuple[str, ...], dataset: str, run: str, preset: str, steps: int,
+    def train(self, name: str, stage: str, dataset: str, run: str, preset: str, steps: int,
               init: str = "random", flags: dict[str, Any] | None = None, extra: tuple[str, ...] = ()) -> None:
-        """One training stage as `recap sft|finetune|value train` runs it (preflight included)."""
+        """One training stage (`stage`: the run's kind, sft | finetune | value) as its command runs it,
+        preflight included; `extra` is what `flags` reads as on that command line."""
         from recap_core.launch import prepare_stage, result_summary, run_prepared
+        from recap_core.stages import for_run
 
-        stage = "value" if command == ("value", "train") else command[0]
+        command = tuple(for_run(stage).command.split()[1:])  # "recap value train" -> ("value", "train")
         init_path = init if init in ("random", "base") else str(self.work / init)
 
         def go() -> dict[str, Any]:
@@ -243,19 +245,19 @@ class DemoRunner:
         self.stage("demos", self.collect_demos)
         self.convert("demos", "demos")
         # Joint deltas (openpi's ALOHA recipe): the finetunes inherit the convention from runs/sft.
-        self.train("sft (Stage 2)", ("sft",), "demos", "sft", "pi05-tiny", p.sft_steps,
+        self.train("sft (Stage 2)", "sft", "demos", "sft", "pi05-tiny", p.sft_steps,
                    flags={"data.delta_actions": True}, extra=("--delta-actions",))
         self.stage("rollouts via recap serve", self.collect_rollouts, ("serve", "runs/sft", "--port", 0))
         self.convert("rollouts", "rollouts")
         self.stage("merge", lambda: merge_datasets([work / "data" / "demos", work / "data" / "rollouts"],
                                                    work / "data" / "round1", overwrite=True),
                    ("data", "merge", "data/demos", "data/rollouts", "--output", "data/round1", "--overwrite"))
-        self.train("filtered BC", ("sft",), "round1", "filtered_bc", "pi05-tiny", p.finetune_steps, init="runs/sft",
+        self.train("filtered BC", "sft", "round1", "filtered_bc", "pi05-tiny", p.finetune_steps, init="runs/sft",
                    flags={"data.success_only": True}, extra=("--success-only",))
-        self.train("finetune (Stage 3)", ("finetune",), "round1", "stage3", "pi06-tiny", p.finetune_steps,
+        self.train("finetune (Stage 3)", "finetune", "round1", "stage3", "pi06-tiny", p.finetune_steps,
                    init="runs/sft")
         # Random-init backbones must train: frozen random features cannot predict progress.
-        self.train("value train (Stage 4)", ("value", "train"), "round1", "value", "value-tiny", p.value_steps,
+        self.train("value train (Stage 4)", "value", "round1", "value", "value-tiny", p.value_steps,
                    flags={"freeze_mode": "none"}, extra=("--freeze-mode", "none"))
         # The demos mix operators, so they are labelled by the value model too (the paper labels all data).
         # --no-ema: the protocol's labels.
@@ -270,12 +272,12 @@ class DemoRunner:
         raw = [work / "raw" / "demos", work / "raw" / "rollouts"]
         quality = self.stage("label quality (ground truth)", lambda: label_quality(
             work / "data" / "round1_labeled", raw, QUALITY_HORIZON, demos="value").as_dict())
-        self.train("finetune (Stage 6)", ("finetune",), "round1_labeled", "stage6", "pi06-tiny", p.finetune_steps,
+        self.train("finetune (Stage 6)", "finetune", "round1_labeled", "stage6", "pi06-tiny", p.finetune_steps,
                    init="runs/sft")
         if "stage6_truth" in p.rows:
             self.stage("ground-truth labels", lambda: str(truth_labels(
                 work / "data" / "round1_labeled", raw, work / "data" / "round1_truth", overwrite=True)))
-            self.train("finetune on ground-truth labels", ("finetune",), "round1_truth", "stage6_truth", "pi06-tiny",
+            self.train("finetune on ground-truth labels", "finetune", "round1_truth", "stage6_truth", "pi06-tiny",
                        p.finetune_steps, init="runs/sft")
         results = {row: self.evaluate(row) for row in p.rows}
         rows = {row: _row(results[row]) for row in p.rows}

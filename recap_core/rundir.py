@@ -10,13 +10,17 @@ business of the loaders (`train/checkpoint.py`, `serve/loading.py`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recap_core.errors import CheckpointError
 
 CONFIG = "config.json"
 NORM_STATS = Path("assets") / "norm_stats.json"
+BEST = "best.json"
+"""Written by a `--keep-best` run: the step whose held-out ranking was best (`step`, `metric`, `value`)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,11 @@ class RunRef:
     def norm_stats(self) -> Path | None:
         path = self.dir / NORM_STATS
         return path if path.is_file() else None
+
+    def best(self) -> dict[str, Any] | None:
+        """The run's `best.json` (a `--keep-best` value run), or None."""
+        path = self.dir / BEST
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def steps(self) -> list[int]:
         """The finished checkpoint steps, oldest first."""

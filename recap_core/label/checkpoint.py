@@ -42,11 +42,8 @@ class ValueCheckpoint:
 
 def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
     """Resolve `--checkpoint`; raise CheckpointError unless it is a finished value-model run."""
-    import json
-
     from recap_core.config import load_run_config
     from recap_core.errors import ConfigError
-    from recap_core.train.checkpoint import BEST_FILE
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -70,9 +67,9 @@ def resolve_value_checkpoint(path: Path) -> ValueCheckpoint:
             fix="pass the run directory of `recap value train`; policies cannot label advantages",
         )
     chosen = "named" if run.step is not None else "latest"
-    best = run.dir / BEST_FILE
-    if run.step is None and best.is_file():
-        run, chosen = RunRef(run.dir, int(json.loads(best.read_text())["step"])), "best"
+    best = run.best() if run.step is None else None
+    if best is not None:
+        run, chosen = RunRef(run.dir, int(best["step"])), "best"
     step = run.resolved_step(fix="train the value model until it saves a checkpoint, or pass another run")
     return ValueCheckpoint(run_dir=run.dir, step=step, preset=config.preset,
                            cameras=tuple(config.cameras) if config.cameras else None, chosen=chosen)

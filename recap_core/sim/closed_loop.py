@@ -56,10 +56,6 @@ class PolicySource:
         return "expert" if self.expert else str(self.run if self.run is not None else self.server)
 
 
-def _nothing(_: str) -> contextlib.AbstractContextManager[Any]:
-    return contextlib.nullcontext()
-
-
 def evaluate_source(
     source: PolicySource,
     task: str,
@@ -72,7 +68,7 @@ def evaluate_source(
     video_episodes: int = 3,
     overwrite: bool = False,
     progress: Callable[[], contextlib.AbstractContextManager[Callable[[Episode], None]]] | None = None,
-    status: Callable[[str], contextlib.AbstractContextManager[Any]] = _nothing,
+    status: Callable[[str], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> dict[str, Any]:
     """Closed-loop success of one policy (`EvalResult.as_dict()`, plus `indicator_effect` when asked).
 

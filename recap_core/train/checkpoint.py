@@ -25,7 +25,6 @@ from recap_core.errors import CheckpointError
 FORMAT = "recap-train-state/1"
 BEST_METRIC = "value_rank_corr_per_episode"
 """What `keep_best` ranks steps by: the held-out per-episode Spearman of predicted value vs value_label."""
-BEST_FILE = "best.json"
 
 
 class RunCheckpoints:

@@ -23,8 +23,9 @@ import numpy as np
 from recap_core.config import RunConfig
 from recap_core.errors import CheckpointError, OutputExistsError
 from recap_core.fsutil import atomic_output_dir, check_output
+from recap_core.rundir import BEST, RunRef
 from recap_core.stack import stack_versions
-from recap_core.train.checkpoint import BEST_FILE, BEST_METRIC, RunCheckpoints, checkpoint_bytes
+from recap_core.train.checkpoint import BEST_METRIC, RunCheckpoints, checkpoint_bytes
 from recap_core.train.init import TaskFactory, build_parts, check_base, init_run, parts_to_restore
 from recap_core.train.memory import check_step
 from recap_core.train.metrics import MetricsLog
@@ -220,7 +221,7 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     log = MetricsLog(run_dir, config, enabled=jax.process_index() == 0)
     batches = _batches(job.train_data)
 
-    best = _read_best(run_dir) if resuming else None
+    best = RunRef(run_dir).best() if resuming else None
     saved_at: int | None = None
 
     def save(step: int, metrics: dict[str, float] | None = None) -> None:
@@ -317,15 +318,10 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     )
 
 
-def _read_best(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / BEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _write_best(run_dir: Path, best: dict[str, Any]) -> None:
     """`<run>/best.json`: the step `keep_best` keeps (written once the checkpoint is on disk)."""
     if jax.process_index() == 0:
-        tmp = run_dir / f".{BEST_FILE}.tmp"
+        tmp = run_dir / f".{BEST}.tmp"
         tmp.write_text(json.dumps(best) + "\n")
-        os.replace(tmp, run_dir / BEST_FILE)
+        os.replace(tmp, run_dir / BEST)
 
