@@ -1,7 +1,7 @@
 """`recap demo`: the whole RECAP loop on the built-in toy task, on CPU, in minutes.
 
 Every stage runs in this process through the same library calls its `recap` command makes (the
-demo logs each stage's equivalent command; `examples/recap_round.sh` chains them as a shell script):
+demo logs each stage's equivalent command; `examples/recap_loop.sh` chains them as a shell script):
 
     demos (a mix of careful, sloppy and hesitant scripted operators) -> convert -> sft
     -> serve + DAgger rollouts -> convert -> merge -> filtered BC (sft --success-only)
@@ -105,7 +105,7 @@ def _plain(result: Any) -> Any:
 
 class DemoRunner:
     """Runs the demo's stages in this process through the same library calls the CLI makes, logging
-    each stage's equivalent `recap` command (`examples/recap_round.sh` runs them as a shell script)."""
+    each stage's equivalent `recap` command (`examples/recap_loop.sh` runs them as a shell script)."""
 
     def __init__(self, workdir: Path, plan: DemoPlan, seed: int, log: Callable[[str], None]) -> None:
         self.work = Path(workdir).absolute()

@@ -11,6 +11,16 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax}
 # to float rounding). Benchmarks and real runs keep the default.
 export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0"
 .venv/bin/ruff check . || exit 1
+# The episode viewer's browser test (tests/data/test_view.py) runs headless Chromium; it skips without one.
+if command -v chromium >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium for the viewer's browser test" >&2
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } >/dev/null \
+    || echo "could not install chromium: tests/data/test_view.py skips its browser test" >&2
+else
+  echo "chromium is not installed (needs root and apt-get to install it): tests/data/test_view.py skips its browser test" >&2
+fi
 # Two workers (CI has 2 cores), one test file per worker at a time: files share their fixtures.
 # Files are handed out in collection order (tests/conftest.py puts the long end-to-end ones first),
 # not xdist's default of most tests first, which started the longest file last.

@@ -31,6 +31,7 @@ ERRORS: dict[str, tuple[str, ...]] = {
     "data stats": ("data", "stats", MISSING),
     "data inspect": ("data", "inspect", MISSING),
     "data merge": ("data", "merge", MISSING, MISSING + "2", "--output", "out"),
+    "data view": ("data", "view", MISSING),
     "export openpi": ("export", "openpi", MISSING, "out"),
     "import openpi": ("import", "openpi", MISSING, "out"),
     "value label": ("value", "label", MISSING, "--checkpoint", MISSING),

@@ -184,5 +184,52 @@ def merge(
     emit(result, as_json, render)
 
 
+@data_app.command("view")
+def view(
+    dataset: Annotated[Path, typer.Argument(help="LeRobot v3.0 dataset with the RECAP columns (labelled or not).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The HTML file to write (default: <DATASET>.view.html beside it).")
+    ] = None,
+    stride: Annotated[int, typer.Option("--stride", help="Frames between the images shown (the last frame is always shown).")] = 5,
+    jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", help="JPEG quality of the images, 1..95.")] = 70,
+    max_episodes: Annotated[int, typer.Option(
+        "--max-episodes", help="Episodes in the page at most, spread evenly over the dataset (the summary counts all).")] = 50,
+    image_width: Annotated[int, typer.Option("--image-width", help="Images are scaled down to at most this many pixels wide.")] = 160,
+    cameras: Annotated[
+        list[str] | None, typer.Option("--cameras", help="Cameras to show (repeat; default: all of them).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print path, bytes, episodes shown / total, frames, stride.")] = False,
+) -> None:
+    """Write one self-contained HTML page to browse the episodes (no server, nothing fetched: copy it
+    off the cluster and open it anywhere).
+
+    Per episode: camera frames at a stride with a scrubber, and time-aligned tracks of value_label,
+    adv_ind, intervention and reward; on a dataset written by `recap value label` also value_pred,
+    advantage and the threshold it recorded. Filter by task, outcome and intervention share. On top:
+    label shares per task and, with predictions, Spearman(value_pred, value_label) and calibration.
+    The dataset is only read. Defaults keep a page small: --stride 5, --jpeg-quality 70,
+    --image-width 160, --max-episodes 50.
+
+    Example:  recap data view data/towels_labeled -o towels.html --stride 10
+    """
+    from recap_core.label.view import ViewOptions, write_view
+
+    options = ViewOptions(stride=stride, jpeg_quality=jpeg_quality, max_episodes=max_episodes,
+                          image_width=image_width, cameras=tuple(cameras) if cameras else None)
+    with err_console.status("reading the dataset") as status:
+        result = write_view(dataset, output, options, overwrite=overwrite,
+                            on_episode=lambda done, total: status.update(f"drawing episode {done} of {total}"))
+
+    def render(r: dict) -> None:
+        left = f"; {r['episodes_left_out']} left out (raise --max-episodes)" if r["episodes_left_out"] else ""
+        console.print(
+            f"[green]wrote[/green] {escape(r['path'])} ({r['bytes'] / 1e6:.1f} MB): {r['episodes_shown']} of "
+            f"{r['episodes_total']} episodes{left}, {r['frames']} frames, {r['images']} images every {r['stride']} frames"
+        )
+
+    emit(result, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from recap_cli.output import console, emit, err_console
+from recap_cli.output import console, emit, err_console, info
 
 import_app = typer.Typer(help="Turn checkpoints from other tools into recap runs.", no_args_is_help=True)
 
@@ -51,6 +51,8 @@ def openpi(
                                overwrite=overwrite)
 
     def render(r: dict) -> None:
+        if r.get("note"):
+            info(f"note: {r['note']}")
         console.print(f"[green]wrote[/green] {r['output']}: {r['stage']} run, preset {r['preset']}, step {r['step']} "
                       f"({r['trainable_params']:,} trainable, {r['frozen_params']:,} frozen params; "
                       f"base: {r['base']})")

@@ -45,7 +45,9 @@ def label(
     cameras: Annotated[
         list[str] | None, typer.Option("--cameras", help="Camera names to feed the model (repeat; default: the value run's cameras).")
     ] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write PNG plots of values and advantages here.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write PNG plots of values and advantages here, and episodes.html (the `recap data view` "
+        "page of the labelled dataset).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
     shard: Annotated[
         str | None, typer.Option("--shard", help="i/n: only predict this machine's share of episodes (no output).")
@@ -114,6 +116,11 @@ def _render_label(result: dict) -> None:
     if result.get("spearman") is not None:
         console.print(f"Spearman(value_pred, value_label) = {result['spearman']:.3f}")
     console.print(f"wrote [bold]{result['output']}[/bold] in {result['seconds']:.1f} s")
+    if "report" in result:
+        from rich.markup import escape
+
+        pages = [*result["report"]["plots"], result["report"]["episodes_page"]["path"]]
+        console.print(f"report: {escape(', '.join(pages))}")
 
 
 @value_app.command("train")

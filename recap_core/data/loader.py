@@ -45,12 +45,15 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recap_core.data import schema
 from recap_core.errors import DatasetError, RecapError
+
+if TYPE_CHECKING:
+    from recap_core.data.dataset import DatasetInfo
 
 RECAP_FIELDS: dict[str, Any] = {
     schema.INTERVENTION: np.int64,
@@ -199,20 +202,7 @@ class FrameTable:
 
     def video_location(self, key: str, pos: int) -> tuple[Path, float]:
         """(mp4 path, episode start time inside it) of camera `key` for episode position `pos`."""
-        meta = self._video_meta
-        ep = int(self.episode_ids[pos])
-        rows = np.flatnonzero(meta.column("episode_index").to_numpy() == ep)
-        if len(rows) == 0:
-            raise DatasetError(
-                f"episode {ep} of {self.root} is missing from meta/episodes",
-                fix="the dataset is inconsistent; re-create it",
-            )
-        r = int(rows[0])
-        chunk = meta.column(f"videos/{key}/chunk_index")[r].as_py()
-        file = meta.column(f"videos/{key}/file_index")[r].as_py()
-        from_ts = float(meta.column(f"videos/{key}/from_timestamp")[r].as_py())
-        template = self.info.info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-        return self.root / template.format(video_key=key, chunk_index=chunk, file_index=file), from_ts
+        return video_location(self.info, self._video_meta, key, int(self.episode_ids[pos]))
 
     def episode_timestamps(self, pos: int) -> np.ndarray:
         return self.timestamps[self.starts[pos] : self.starts[pos] + self.lengths[pos]]
@@ -227,6 +217,23 @@ class FrameTable:
                 self._image_bytes[key] = col.field("bytes").to_pylist()
         start = int(self.starts[pos])
         return self._image_bytes[key][start : start + int(self.lengths[pos])]
+
+
+def video_location(info: DatasetInfo, meta: Any, key: str, episode: int) -> tuple[Path, float]:
+    """(mp4 path, episode start time inside it) of camera `key` for `episode` of a v3.0 dataset;
+    `meta` is its `read_episodes_meta` table (read once by the caller)."""
+    rows = np.flatnonzero(meta.column("episode_index").to_numpy() == episode)
+    if len(rows) == 0:
+        raise DatasetError(
+            f"episode {episode} of {info.root} is missing from meta/episodes",
+            fix="the dataset is inconsistent; re-create it",
+        )
+    r = int(rows[0])
+    chunk = meta.column(f"videos/{key}/chunk_index")[r].as_py()
+    file = meta.column(f"videos/{key}/file_index")[r].as_py()
+    from_ts = float(meta.column(f"videos/{key}/from_timestamp")[r].as_py())
+    template = info.info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    return info.root / template.format(video_key=key, chunk_index=chunk, file_index=file), from_ts
 
 
 def fitted_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -65,6 +65,20 @@ def _openpi_step(root: Path) -> int:
     return int(root.name) if root.name.isdigit() else 0
 
 
+def _take_action_dim(model: dict[str, Any], leaves: dict) -> str | None:
+    """The action width is the checkpoint's (issue 20, item 2): openpi zero-pads actions to
+    `action_in_proj`'s input width, so a tiny policy trained on 14-dim data imports without
+    `--set model.action_dim=14`. Returns a note when the preset's width changed."""
+    found = leaves.get(("action_in_proj", "kernel"))
+    if found is None or "action_dim" not in model or len(found.shape) != 2:
+        return None
+    have, width = int(model["action_dim"]), int(found.shape[0])
+    if width == have:
+        return None
+    model["action_dim"] = width
+    return f"model.action_dim {have} -> {width}, as the checkpoint's action_in_proj"
+
+
 def import_openpi(
     ckpt: Path,
     out: Path,
@@ -100,7 +114,8 @@ def import_openpi(
         raise CheckpointError(f"{root} is not an openpi checkpoint: {root / 'params'} is missing",
                               fix="pass the directory holding params/ and assets/ (e.g. .../pi05_base or <exp>/<step>)")
     check_output(Path(out), overwrite, inputs=(root,))  # say so now, not after building the model
-    kind = OpenpiParams(root).kind  # metadata only: damaged or pi0 checkpoints fail here, before any work
+    params = OpenpiParams(root)  # metadata only: damaged or pi0 checkpoints fail here, before any work
+    kind = params.kind
     preset = preset or ("pi05-lora" if kind == "openpi-lora" else "pi05")
     stats_file, found_id = (Path(norm_stats).expanduser(), asset_id) if norm_stats else find_norm_stats(root, asset_id)
     stats = load_norm_stats(stats_file)
@@ -109,6 +124,7 @@ def import_openpi(
             raise CheckpointError(f"{stats_file} has no norm_stats.{key}",
                                   fix="pass a norm_stats.json with both state and actions (--norm-stats FILE)")
     model = preset_model("finetune", preset)  # any policy preset; the stage follows from it
+    note = _take_action_dim(model, params.info)
     stage = "finetune" if model.get("pi06") else "sft"
     step = _openpi_step(root)
     config = resolve_run_config(
@@ -151,4 +167,6 @@ def import_openpi(
         "trainable_params": count_params(parts.trainable),
         "frozen_params": count_params(parts.frozen),
         "base": "self-contained" if config.init == "random" else config.init,
+        "action_dim": config.model.get("action_dim"),
+        **({"note": note} if note else {}),
     }

@@ -30,7 +30,13 @@ from recap_core.label.advantage import DEFAULT_LOOKAHEAD, Lookahead, check_looka
 from recap_core.label.cache import PredictionCache, default_cache_dir, identity
 from recap_core.label.predict import PredictorFactory, needed_mask, predict_values, shard_episodes
 from recap_core.label.relabel import FrameLabels, default_output, relabel_in_place, write_labelled_copy
-from recap_core.label.threshold import DEFAULT_TOP_PERCENT, binarise, check_top_percent, skipped_episodes
+from recap_core.label.threshold import (
+    DEFAULT_TOP_PERCENT,
+    Binarised,
+    binarise,
+    check_top_percent,
+    skipped_episodes,
+)
 
 STAGE = "recap value label"
 DEMO_MODES = ("positive", "value")
@@ -145,10 +151,12 @@ def label_dataset(
     make_predictor: PredictorFactory,
     options: LabelOptions,
     *,
+    checkpoint: dict[str, Any] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole label stage; returns the `--json` result. See `LabelOptions` for the knobs."""
+    """Run the whole label stage; returns the `--json` result. See `LabelOptions` for the knobs.
+    `checkpoint` (run directory, step, ...) is recorded with the labels in `meta/recap_label.json`."""
     started = time.perf_counter()
     info = open_dataset(Path(dataset))
     require_columns(info, [REWARD_LABEL, INTERVENTION, "adv_ind"], stage=STAGE)
@@ -203,7 +211,11 @@ def label_dataset(
     advantage = n_step_advantage(values, frames.reward_label, frames.episode_index, frames.frame_index, lookahead)
     out = binarise(advantage, frames.intervention, frames.episode_index, frames.task_index, top_percent, options.per_task)
     labels = FrameLabels(frames.index, out.adv_ind, values.astype(np.float32), advantage)
-    written = relabel_in_place(info, labels) if options.in_place else write_labelled_copy(info, labels, output, overwrite=options.overwrite)
+    record = label_record(info, out, options, top_percent, lookahead, {"hash": checkpoint_hash, **(checkpoint or {})})
+    if options.in_place:
+        written = relabel_in_place(info, labels, record=record)
+    else:
+        written = write_labelled_copy(info, labels, output, overwrite=options.overwrite, record=record)
 
     seconds = time.perf_counter() - started
     result.update(
@@ -225,7 +237,8 @@ def label_dataset(
         }
     )
     if options.report_dir is not None:
-        from recap_core.label.report import spearman, write_report
+        from recap_core.label.report import write_report
+        from recap_core.label.view import write_view
 
         result["report"] = write_report(
             options.report_dir,
@@ -237,12 +250,36 @@ def label_dataset(
             value_label=frames.value_label if frames.value_label is not None else np.full(values.size, np.nan),
             value_pred=values,
         )
+        result["report"]["episodes_page"] = write_view(written, Path(options.report_dir) / "episodes.html",
+                                                       overwrite=True)
         result["spearman"] = result["report"]["spearman"]
     elif frames.value_label is not None:
         from recap_core.label.report import spearman
 
         result["spearman"] = spearman(values, frames.value_label)
     return result
+
+
+def label_record(info: DatasetInfo, out: Binarised, options: LabelOptions, top_percent: float,
+                 lookahead: Lookahead, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What `meta/recap_label.json` says about the labels: thresholds by group ("all", or a task
+    index with --per-task; a frame is positive iff its advantage >= its group's threshold) and the
+    settings and value model that made them."""
+    from recap_core import __version__
+
+    return {
+        "written_by": f"recap value label (recap {__version__})",
+        "thresholds": out.thresholds,
+        "per_task": options.per_task,
+        "tasks": {str(i): name for i, name in enumerate(info.tasks)},
+        "top_percent": top_percent,
+        "lookahead": lookahead,
+        "demos": options.demos,
+        "frames_labelled": out.autonomous_frames,
+        "positive_fraction": out.positive_fraction,
+        "skipped_episodes": out.skipped_episodes,
+        "checkpoint": checkpoint,
+    }
 
 
 def _resolve_output(info: DatasetInfo, options: LabelOptions) -> Path | None:
@@ -311,9 +348,9 @@ def label_with_checkpoint(
 
         doctor_preflight("value-label", warn=warn, preset=ckpt.preset, dataset=Path(dataset),
                          output_dir=Path(options.output or dataset).parent)
-    result = label_dataset(dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=options.use_ema), options,
-                           on_start=on_start, on_batch=on_batch)
     # Which value model made the labels: a run has several steps, and the latest is the default.
-    result["checkpoint"] = {"run_dir": str(ckpt.run_dir), "step": ckpt.step, "chosen": ckpt.chosen,
-                            "use_ema": options.use_ema}
+    used = {"run_dir": str(ckpt.run_dir), "step": ckpt.step, "chosen": ckpt.chosen, "use_ema": options.use_ema}
+    result = label_dataset(dataset, ckpt.content_hash(), value_predictor(ckpt, use_ema=options.use_ema), options,
+                           checkpoint=used, on_start=on_start, on_batch=on_batch)
+    result["checkpoint"] = used
     return result

@@ -8,6 +8,10 @@ What changes:
 - `meta/stats.json` and `meta/episodes/**/*.parquet`: lerobot-style stats of the two new columns
   (computed by lerobot's own `compute_episode_stats` / `aggregate_stats` over the finite values;
   an episode with no predictions gets NaN stats with count 0).
+- `meta/recap_label.json` (`LABEL_RECORD`): how the labels were made (thresholds per group, top
+  percent, lookahead, checkpoint), so a reader such as `recap data view` can draw the threshold
+  without recomputing anything. A copy written without a record (e.g. ground-truth labels) drops
+  the input's record: it would describe labels that are no longer there.
 Everything else is carried over unchanged: videos are hardlinked (no disk cost; a copy where
 linking is impossible), other files copied (lerobot rewrites small metadata files in place, which
 through a hardlink would silently edit the input).
@@ -36,6 +40,7 @@ from recap_core.fsutil import atomic_output_dir, atomic_write_bytes, link_or_cop
 VALUE_PRED = "value_pred"
 ADVANTAGE = "advantage"
 AUDIT_COLUMNS = (VALUE_PRED, ADVANTAGE)
+LABEL_RECORD = Path("meta/recap_label.json")
 JOURNAL = ".recap-relabel-journal.json"
 STAGED_SUFFIX = ".recap-staged"
 
@@ -211,7 +216,27 @@ def rewrite_stats(info: DatasetInfo, per_episode: dict) -> dict | None:
     return stats
 
 
-def _planned_files(info: DatasetInfo, labels: FrameLabels) -> dict[Path, object]:
+def read_label_record(root: Path) -> dict | None:
+    """The `meta/recap_label.json` of a dataset labelled by `recap value label`; None when it has none."""
+    path = Path(root) / LABEL_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc})",
+                           fix="delete it (its thresholds are then not shown) or label the dataset again") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("thresholds"), dict):
+        raise DatasetError(f"{path} has no 'thresholds' object; it was not written by `recap value label`",
+                           fix="delete it (its thresholds are then not shown) or label the dataset again")
+    return record
+
+
+def _record_bytes(record: dict) -> bytes:
+    return (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()
+
+
+def _planned_files(info: DatasetInfo, labels: FrameLabels, record: dict | None = None) -> dict[Path, object]:
     """Relative path -> new content (pyarrow Table, or bytes) of every file that changes."""
     keys = _stat_keys(info)
     per_episode = _episode_stats_by_episode(info, labels, keys)
@@ -223,6 +248,8 @@ def _planned_files(info: DatasetInfo, labels: FrameLabels) -> dict[Path, object]
     stats = rewrite_stats(info, per_episode)
     if stats is not None:
         planned[Path("meta/stats.json")] = (json.dumps(stats, indent=4) + "\n").encode()
+    if record is not None:
+        planned[LABEL_RECORD] = _record_bytes(record)
     # info.json last: its rename is what makes the new columns official.
     planned[Path("meta/info.json")] = (json.dumps(rewrite_info(info), indent=4) + "\n").encode()
     return planned
@@ -250,14 +277,17 @@ def _write(content: object, path: Path) -> None:
 # --------------------------------------------------------------------------- the two writers
 
 
-def write_labelled_copy(info: DatasetInfo, labels: FrameLabels, out: Path, *, overwrite: bool = False) -> Path:
-    """A complete new dataset at `out`; the input is only read."""
+def write_labelled_copy(
+    info: DatasetInfo, labels: FrameLabels, out: Path, *, overwrite: bool = False, record: dict | None = None
+) -> Path:
+    """A complete new dataset at `out`; the input is only read. `record` becomes its
+    `meta/recap_label.json`; without one, the copy has none (the input's describes other labels)."""
     out = Path(out)
-    planned = _planned_files(info, labels)
+    planned = _planned_files(info, labels, record)
     with atomic_output_dir(out, overwrite, inputs=(info.root,)) as tmp:
         for src in sorted(p for p in info.root.rglob("*") if p.is_file()):
             rel = src.relative_to(info.root)
-            if rel in planned or rel.name == JOURNAL or rel.name.endswith(STAGED_SUFFIX):
+            if rel in planned or rel == LABEL_RECORD or rel.name == JOURNAL or rel.name.endswith(STAGED_SUFFIX):
                 continue
             dst = tmp / rel
             if rel.parts[0] == "videos":
@@ -283,13 +313,14 @@ def recover_in_place(root: Path) -> bool:
     return True
 
 
-def relabel_in_place(info: DatasetInfo, labels: FrameLabels) -> Path:
-    """Rewrite the changed files of `info.root` atomically (see the module docstring)."""
+def relabel_in_place(info: DatasetInfo, labels: FrameLabels, *, record: dict) -> Path:
+    """Rewrite the changed files of `info.root` atomically (see the module docstring); `record`
+    (the new `meta/recap_label.json`) is staged and renamed with the others."""
     root = info.root
     recover_in_place(root)
     for stale in root.rglob(f"*{STAGED_SUFFIX}"):
         stale.unlink()
-    planned = _planned_files(info, labels)
+    planned = _planned_files(info, labels, record)
     staged: list[str] = []
     try:
         for rel, content in planned.items():

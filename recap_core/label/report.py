@@ -43,13 +43,18 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def episode_outcome(value_label: np.ndarray) -> str:
+    """"success" when an episode's last `value_label` (its return-to-go, frames in order) is 0, else "failure"."""
+    return "success" if value_label[-1] > -1e-6 else "failure"
+
+
 def _outcome_episodes(episode_index: np.ndarray, value_label: np.ndarray, value_pred: np.ndarray) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {"success": [], "failure": []}
     for ep in np.unique(episode_index):
         sel = episode_index == ep
         if not np.isfinite(value_pred[sel]).any():
             continue
-        outcome = "success" if value_label[sel][-1] > -1e-6 else "failure"
+        outcome = episode_outcome(value_label[sel])
         if len(out[outcome]) < EPISODES_PER_OUTCOME:
             out[outcome].append(int(ep))
     return out

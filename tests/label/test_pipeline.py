@@ -10,6 +10,7 @@ import pytest
 from recap_core.errors import ConfigError, DatasetError, OutputExistsError
 from recap_core.label.pipeline import LabelOptions
 from recap_core.label.pipeline import label_dataset as run_label
+from recap_core.label.relabel import read_label_record
 from tests.label.conftest import TabularFrames, tabular_predictor, tree_hashes, value_from_batch
 
 
@@ -170,6 +171,8 @@ def test_in_place_relabel(src_dataset, tmp_path):
     assert list(a["adv_ind"]) == list(b["adv_ind"])
     np.testing.assert_array_equal(a["value_pred"], b["value_pred"])
     assert not list(copy.rglob("*.recap-staged")) and not (copy / ".recap-relabel-journal.json").exists()
+    # The record of how the labels were made is renamed into place with the other files.
+    assert read_label_record(copy)["thresholds"] == res["thresholds"]
 
 
 def test_per_task_and_report(src_dataset, tmp_path):
@@ -178,6 +181,33 @@ def test_per_task_and_report(src_dataset, tmp_path):
     assert set(res["thresholds"]) == {"0", "1"}
     assert all(Path(p).stat().st_size > 1000 for p in res["report"]["plots"])
     assert 0.5 < res["spearman"] <= 1.0
+    page = res["report"]["episodes_page"]
+    assert page["path"] == str(tmp_path / "report" / "episodes.html") and Path(page["path"]).stat().st_size == page["bytes"]
+    assert page["dataset"] == str(tmp_path / "o") and page["episodes_shown"] == 5
+    assert page["has_predictions"] and page["thresholds"] == res["thresholds"]
+
+
+def test_label_record_is_written_into_the_new_dataset_only(src_dataset, tmp_path):
+    from recap_core.label.pipeline import label_dataset
+
+    out = tmp_path / "out"
+    res = label_dataset(src_dataset, "ckpt-a", tabular_predictor, LabelOptions(output=out, cache_dir=tmp_path / "c",
+                        top_percent=40, lookahead="episode"), checkpoint={"run_dir": "runs/value", "step": 7})
+    assert read_label_record(src_dataset) is None
+    record = read_label_record(out)
+    assert record["thresholds"] == res["thresholds"] and set(record["thresholds"]) == {"all"}
+    assert record["top_percent"] == 40 and record["lookahead"] == "episode" and record["per_task"] is False
+    assert record["checkpoint"] == {"hash": "ckpt-a", "run_dir": "runs/value", "step": 7}
+    assert record["tasks"] == {"0": "pick up the cube", "1": "open the drawer"}
+    # A copy with other labels (ground truth, ...) and no record of its own drops the input's.
+    from recap_core.data.dataset import open_dataset
+    from recap_core.label.relabel import FrameLabels, write_labelled_copy
+
+    cols = _read(out, ["adv_ind", "value_pred", "advantage"])
+    labels = FrameLabels(cols["index"], cols["adv_ind"], cols["value_pred"].astype(np.float32),
+                         cols["advantage"].astype(np.float32))
+    again = write_labelled_copy(open_dataset(out), labels, tmp_path / "again")
+    assert read_label_record(again) is None and read_label_record(out) is not None
 
 
 @pytest.mark.parametrize(

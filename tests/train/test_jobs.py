@@ -276,3 +276,16 @@ def test_a_value_model_that_memorises_its_one_training_episode_is_flagged(tmp_pa
     assert fit["overfit"] is True and fit["loss_ratio"] >= 1.5
     assert "held-out loss" in fit["message"] and "--freeze-mode all_backbones" in fit["fix"]
     assert fit["train_bin_accuracy"] > fit["val_bin_accuracy"] + 0.2
+
+
+def test_a_value_model_that_fits_without_memorising_is_not_flagged(tmp_path: Path) -> None:
+    """The other half of the acceptance (issue 26): the same tiny model with its backbones frozen, on
+    eight episodes with half held out, learns the head for as many steps, and its verdict stays quiet."""
+    ds = make_dataset(tmp_path / "ds", episodes=8, frames=16, cameras=("cam_high",))
+    config = _value_config(ds, **{"steps": 150, "log_every": 50, "checkpoint.every": 1000, "val.every": 150,
+                                  "val.max_batches": 4, "freeze_mode": "all_backbones", "optim.peak_lr": 3e-3,
+                                  "optim.warmup_steps": 5})
+    result = train(build_job(config, tmp_path / "run", resuming=False), config, tmp_path / "run")
+    fit = result.fit
+    assert fit["overfit"] is False and "message" not in fit, fit
+    assert fit["loss_ratio"] < 1.5 and fit["val_loss"] < result.first_loss, (fit, result.first_loss)
