@@ -18,9 +18,10 @@ OUT=$(realpath -m "${1:-benchmarks/gpu_check_out}")
 mkdir -p "$OUT"
 if [ "$MODE" = dry ]; then
   export JAX_PLATFORMS=cpu
-  # One policy preset: pi05-tiny's step is pi06-tiny's without the indicator, so the dry run (in the
-  # test suite) checks the wiring once.
-  POLICY=(pi06-tiny); VALUE=value-tiny; SERVE=pi06-tiny; IMAGE=32; STEPS=1; REQUESTS=3
+  # The smoke-step section sizes the value preset only: the policy presets' step, estimate and peak go
+  # through the same code (tests/train/test_memory.py checks a policy's estimate), and the pi06-tiny
+  # run below trains, saves and serves a policy. The dry run (in the test suite) checks the wiring.
+  POLICY=(); VALUE=value-tiny; SERVE=pi06-tiny; IMAGE=32; STEPS=1; REQUESTS=3
 else
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
   POLICY=(pi05-lora pi06-lora); VALUE=value; SERVE=pi06-lora; IMAGE=224; STEPS=3; REQUESTS=50
@@ -33,8 +34,8 @@ say() { echo "gpu_check ($MODE): $*" >&2; }
 say "doctor"
 $PY -m recap_cli.main doctor --json > "$OUT/doctor.json" || true  # a failed check is a figure too
 
-say "smoke steps: ${POLICY[*]} $VALUE (predicted vs measured memory)"
-$PY benchmarks/train_memory.py --presets "${POLICY[@]}" "$VALUE" --steps "$STEPS" > "$OUT/train.json"
+say "smoke steps: ${POLICY[*]:-} $VALUE (predicted vs measured memory)"
+$PY benchmarks/train_memory.py --presets ${POLICY[@]+"${POLICY[@]}"} "$VALUE" --steps "$STEPS" > "$OUT/train.json"
 
 say "a random-init $VALUE run and a $SERVE run to label with and to serve"
 $PY - "$WORK" "$IMAGE" <<'PY'

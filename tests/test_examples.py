@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_recap_loop_runs_two_rounds_and_keeps_every_round(tmp_path: Path) -> None:
     """examples/recap_loop.sh (issue 20, item 7): two rounds of serve -> collect -> convert + merge
-    -> value train -> label -> fine-tune -> eval, each round's data and runs kept; the last policy
-    still evaluates after the whole workdir moved, from another directory."""
+    -> value train -> label -> fine-tune, each round's data and runs kept; the last policy evaluates
+    after the whole workdir moved, from another directory."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "ROUNDS": "2", "DEMOS": "4",
-           "ROLLOUTS": "2", "EVAL": "1", "SFT_STEPS": "2", "FT_STEPS": "2", "VALUE_STEPS": "2", "BATCH": "4"}
+           "ROLLOUTS": "2", "EVAL": "0", "SFT_STEPS": "2", "FT_STEPS": "2", "VALUE_STEPS": "2", "BATCH": "4"}
     proc = subprocess.run(["bash", str(ROOT / "examples" / "recap_loop.sh"), "work"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -36,8 +36,8 @@ def test_recap_loop_runs_two_rounds_and_keeps_every_round(tmp_path: Path) -> Non
     assert episodes == [4, 6, 8]  # each round adds its rollouts to everything before
     assert json.loads((work / "runs" / "value_2" / "config.json").read_text())["init"] == str(work / "runs" / "value_1")
     assert json.loads((work / "runs" / "policy_2" / "config.json").read_text())["init"] == str(work / "runs" / "policy_1")
-    table = [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("round ")]
-    assert table == ["round 0", "round 1", "round 2"], proc.stdout[-2000:]
+    # EVAL=0 skips the per-round evaluations (the policy is evaluated once, below, after the move).
+    assert not list(work.glob("eval_*.json")) and f"policy of the last round: {work / 'runs' / 'policy_2'}" in proc.stdout
 
     shutil.move(work, tmp_path / "moved")
     (tmp_path / "elsewhere").mkdir()

@@ -24,7 +24,7 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path: Path) -> None:
     assert summary == json.loads(proc.stdout) and summary["mode"] == "dry"
     assert summary["doctor"]["checks"][0]["name"] == "versions"
     train = {row["preset"]: row for row in summary["train"]}
-    assert set(train) == {"pi06-tiny", "value-tiny"}
+    assert set(train) == {"value-tiny"}
     for row in train.values():
         assert row["predicted_step_gib"] > 0 and row["peak_rss_gib"] > 0 and row["platform"] == "cpu"
     assert [r["batch_size"] for r in summary["label"]["end_to_end"]] == [8, 32]
