@@ -105,6 +105,15 @@ def get_preset(name: str) -> Preset:
     return presets[name]
 
 
+def policy_action_horizon(name: str) -> int:
+    """The action chunk length of a policy preset (delta-action norm stats depend on it)."""
+    preset = get_preset(name)
+    if preset.kind != "policy":
+        policies = ", ".join(p.name for p in _all_presets().values() if p.kind == "policy")
+        raise ConfigError(f"preset {name!r} is a value model; it predicts no actions", fix=f"name a policy preset: {policies}")
+    return int(preset.model.action_horizon)
+
+
 def list_presets() -> list[Preset]:
     return list(_all_presets().values())
 

@@ -47,8 +47,11 @@ def _episode_progress(description: str) -> Iterator[Callable[[int, int], None]]:
 def _render(result: dict) -> None:
     table = Table(title=f"wrote {result['output']}", show_header=False)
     for key, value in result.items():
-        if key != "output":
-            table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+        if key == "output":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} -> {v}" for k, v in value.items()) or "none"
+        table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
     console.print(table)
 
 
@@ -60,6 +63,22 @@ def aloha_hdf5(
     task: Annotated[str, typer.Option("--task", help="Task text (an episode's `task` attribute overrides it).")],
     robot_type: Annotated[str, typer.Option("--robot-type", help="Stored in meta/info.json.")] = "aloha",
     failure_penalty: FailurePenalty = 1.0,
+    success: Annotated[
+        str | None,
+        typer.Option("--success", help="How to tell a successful episode: 'attr' (each file's `success` attribute; the "
+                     "default when every file has one, otherwise the command refuses), 'all', 'none', or 'reward' "
+                     "(max of /reward >= --success-reward)."),
+    ] = None,
+    success_reward: Annotated[
+        float | None,
+        typer.Option("--success-reward", help="With --success reward: the reward of a finished task (default 4, as "
+                     "ACT's / gym-aloha's TransferCube and Insertion)."),
+    ] = None,
+    camera: Annotated[
+        list[str] | None,
+        typer.Option("--camera", help="Rename a camera, SRC=DST (repeatable), e.g. top=cam_high for openpi's ALOHA "
+                     "clients; cameras not named keep theirs."),
+    ] = None,
     t_max: TMax = None,
     overwrite: Overwrite = False,
     as_json: AsJson = False,
@@ -67,16 +86,22 @@ def aloha_hdf5(
     """Convert raw ALOHA/ACT HDF5 episodes to LeRobot v3.0 with the five RECAP columns.
 
     Reads /observations/qpos, /observations/qvel (optional), /observations/images/<camera>,
-    /action, optional /intervention and the `success` / `task` attributes of each file.
+    /action, optional /intervention and /reward, and the `success` / `task` attributes of each
+    file. The success rule used is printed and recorded in meta/recap_source.json.
 
     Example:  recap convert aloha-hdf5 raw/ data/towel --fps 50 --task "fold the towel"
-    """
-    from recap_core.data.convert_aloha import convert_aloha_hdf5
 
+    Example (ACT sim recordings, no success attribute):
+              recap convert aloha-hdf5 raw/ data/cube --fps 50 --task "transfer the cube" --success reward --camera top=cam_high
+    """
+    from recap_core.data.convert_aloha import convert_aloha_hdf5, parse_camera_map
+
+    camera_map = parse_camera_map(camera or [])
     with _episode_progress("converting episodes") as progress:
         result = convert_aloha_hdf5(
             raw_dir, out, fps=fps, task=task, robot_type=robot_type, failure_penalty=failure_penalty,
-            t_max=t_max, overwrite=overwrite, progress=progress,
+            t_max=t_max, overwrite=overwrite, progress=progress, success=success, success_reward=success_reward,
+            camera_map=camera_map,
         )
     emit(result, as_json, _render)
 

@@ -23,27 +23,46 @@ def stats(
     ] = None,
     state_column: Annotated[str, typer.Option("--state-column", help="Column normalised as `state`.")] = "observation.state",
     action_column: Annotated[str, typer.Option("--action-column", help="Column normalised as `actions`.")] = "action",
+    delta_actions: Annotated[bool, typer.Option(
+        "--delta-actions", help="The stats a --delta-actions run uses: action chunks as joint deltas from the current "
+        "state, grippers absolute (default: absolute actions).")] = False,
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="With --delta-actions: the run's preset, whose action_horizon sets the chunk length (default pi05).")] = None,
+    action_horizon: Annotated[int | None, typer.Option(
+        "--action-horizon", min=1, help="With --delta-actions: the chunk length, for a run with --set model.action_horizon=N "
+        "(default: the preset's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help='Print the openpi document {"norm_stats": {"state": ..., "actions": ...}}.')
+        bool, typer.Option("--json", help='Print {"norm_stats": {"state": ..., "actions": ...}, "convention": {"actions": '
+                           '"absolute" | "delta", "delta_mask", "action_horizon"}}; --output gets the openpi document alone.')
     ] = False,
 ) -> None:
     """Normalisation stats of state and actions, in openpi's norm_stats.json layout.
 
     Mean, std, q01 and q99 per dimension, computed from the parquet columns (no video decoding;
-    exact quantiles). openpi reads the file we write and we read theirs.
+    exact quantiles). openpi reads the file we write and we read theirs. With --delta-actions they
+    are exactly what `recap sft/finetune --delta-actions` computes into its run's assets/.
 
     Example:  recap data stats ./towels --output ./towels_assets/norm_stats.json
-    """
-    from recap_core.data.stats import compute_norm_stats, norm_stats_to_json, save_norm_stats
-    from recap_core.fsutil import check_output
 
+    Example:  recap data stats ./towels --delta-actions --preset pi05-lora
+    """
+    from recap_core.data.stats import norm_stats_to_json, run_norm_stats, save_norm_stats
+    from recap_core.errors import ConfigError
+    from recap_core.fsutil import check_output
+    from recap_core.presets import policy_action_horizon
+
+    if not delta_actions and (preset is not None or action_horizon is not None):
+        raise ConfigError("--preset and --action-horizon set the chunk length of delta actions; absolute stats do not use one",
+                          fix="add --delta-actions, or drop --preset/--action-horizon")
+    horizon = (action_horizon or policy_action_horizon(preset or "pi05")) if delta_actions else 1
     target = None
     if output is not None:
         target = output / "norm_stats.json" if output.is_dir() or not output.suffix else output
         check_output(target, overwrite, inputs=(dataset,))
     with err_console.status(f"reading {dataset}"):
-        result = compute_norm_stats(dataset, {"state": state_column, "actions": action_column})
+        result, convention = run_norm_stats(dataset, {"state": state_column, "actions": action_column},
+                                            delta_actions=delta_actions, horizon=horizon)
     if target is not None:
         save_norm_stats(target, result)
 
@@ -55,10 +74,20 @@ def stats(
             for d in range(len(entry["mean"])):
                 table.add_row(str(d), *(f"{entry[n][d]:.4g}" for n in ("mean", "std", "q01", "q99")))
             console.print(table)
+        console.print(_convention_text(doc["convention"]))
         if target is not None:
-            console.print(f"[green]wrote[/green] {target}")
+            console.print(f"[green]wrote[/green] {escape(str(target))}")
 
-    emit(norm_stats_to_json(result), as_json, render)
+    emit({**norm_stats_to_json(result), "convention": convention}, as_json, render)
+
+
+def _convention_text(convention: dict) -> str:
+    if convention["actions"] == "absolute":
+        return "actions: absolute (per frame), as a run without --delta-actions normalises them"
+    mask = convention["delta_mask"]
+    kept = [str(d) for d, delta in enumerate(mask) if not delta]
+    return (f"actions: deltas from the current state over chunks of {convention['action_horizon']}, as a --delta-actions "
+            f"run normalises them (absolute dims: {', '.join(kept) or 'none'})")
 
 
 @data_app.command("inspect")
@@ -107,6 +136,21 @@ def inspect(
         raise typer.Exit(1)
 
 
+def _source_text(source: dict) -> str:
+    """meta/recap_source.json in one line: converter, success rule, outcome counts, renamed cameras."""
+    rule = source.get("success_rule", "?")
+    if "success_from" in source:
+        rule += f" {source['success_from']}"
+    if "success_reward" in source:
+        rule += f" (max /reward >= {source['success_reward']:g})"
+    text = f"recap convert {source.get('converter', '?')}, --success {rule}"
+    if "successful_episodes" in source:
+        text += f": {source['successful_episodes']} succeeded, {source.get('failed_episodes', '?')} failed"
+    if source.get("cameras"):
+        text += "; cameras " + ", ".join(f"{k} -> {v}" for k, v in source["cameras"].items())
+    return text
+
+
 def _render_report(r: dict) -> None:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
@@ -125,6 +169,8 @@ def _render_report(r: dict) -> None:
         ("value_label range", "-" if r["value_label_range"] is None else "[{:.3f}, {:.3f}]".format(*r["value_label_range"])),
         ("RECAP columns", ", ".join(c for c, ok in r["recap_columns"].items() if ok) or "none"),
     ]
+    if r.get("source"):
+        rows.append(("converted with", escape(_source_text(r["source"]))))
     for row in rows:
         summary.add_row(*row)
     console.print(summary)

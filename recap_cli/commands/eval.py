@@ -1,4 +1,4 @@
-"""`recap eval`: closed-loop success rate of a policy on the built-in toy task."""
+"""`recap eval`: closed-loop success rate of a policy on the built-in toy task or a gymnasium env."""
 
 from __future__ import annotations
 
@@ -62,6 +62,54 @@ def _render(result: dict[str, Any]) -> None:
         console.print(f"video: {path}")
 
 
+def _render_gym(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['policy']} on {result['env']} (seed {result['seed']}, "
+                  f"replan every {result['replan_steps']} steps, at most {result['max_steps']} steps)")
+    for column in ("episode", "seed", "success", "steps", "steps to success", "max reward"):
+        table.add_column(column)
+    for row in result["outcomes"]:
+        table.add_row(str(row["index"]), str(row["seed"]), "yes" if row["success"] else "no", str(row["length"]),
+                      "" if row["steps_to_success"] is None else str(row["steps_to_success"]),
+                      f"{row['max_reward']:g}")
+    console.print(table)
+    steps = result["mean_steps_to_success"]
+    console.print(
+        f"success rate {result['success_rate']:.0%} ({result['successes']}/{result['episodes']}, 95% CI "
+        f"{result['ci_low']:.0%} – {result['ci_high']:.0%}); max reward {result['max_reward']:g} "
+        f"(mean per episode {result['mean_max_reward']:g})"
+        + ("" if steps is None else f"; {steps:.0f} steps to success on average")
+    )
+
+
+def _env_kwargs(text: str | None) -> dict[str, Any]:
+    import json
+
+    from recap_core.errors import ConfigError
+
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--env-kwargs is not JSON: {exc}", fix='e.g. --env-kwargs \'{"obs_type": "pixels_agent_pos"}\'') from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--env-kwargs must be a JSON object, got {type(value).__name__}",
+                          fix='e.g. --env-kwargs \'{"obs_type": "pixels_agent_pos"}\'')
+    return value
+
+
+def _check_gym_flags(task: str | None, video: Path | None, indicator_states: int) -> None:
+    from recap_core.errors import ConfigError
+
+    given = [flag for flag, on in (("--task", task), ("--video", video), ("--indicator-effect", indicator_states))
+             if on]
+    if given:
+        raise ConfigError(f"{', '.join(given)} belong to the built-in task, not to --env",
+                          fix=f"drop {', '.join(given)}, or drop --env to evaluate on the built-in task")
+
+
 @contextlib.contextmanager
 def _episode_progress(task: str, episodes: int) -> Iterator[Callable[[Any], None]]:
     """A transient progress bar over the episodes, with the successes so far."""
@@ -89,7 +137,7 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
-    task: Annotated[str, typer.Option("--task", help=_TASK_HELP)] = "handover",
+    task: Annotated[str | None, typer.Option("--task", help=_TASK_HELP + " Default: handover.")] = None,
     episodes: Annotated[int, typer.Option("--episodes", min=1, help="Closed-loop episodes to run.")] = 50,
     seed: Annotated[
         int, typer.Option("--seed", help="Episode k of a seed is the same scene for every policy.")
@@ -142,26 +190,85 @@ def eval_command(
             "swap (needs RUN_OR_CKPT; 0: off).",
         ),
     ] = 0,
+    env: Annotated[
+        str | None,
+        typer.Option(
+            "--env", metavar="MODULE:ID",
+            help="Evaluate on a gymnasium environment instead of the toy task: MODULE is imported (it registers ID), "
+            "then gymnasium.make(ID); MODULE:CLASS makes an env class without registering it. E.g. "
+            "gym_aloha:gym_aloha/AlohaTransferCube-v0 (pip install 'recap[aloha]', MUJOCO_GL=egl).",
+        ),
+    ] = None,
+    env_kwargs: Annotated[
+        str | None,
+        typer.Option("--env-kwargs", metavar="JSON",
+                     help='Keyword arguments of gymnasium.make, e.g. \'{"obs_type": "pixels_agent_pos"}\'.'),
+    ] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--adapter", metavar="MODULE:FUNC",
+            help="FUNC(env) returns an object with observation(obs) -> {state, images[, prompt]}, action(row) -> env "
+            "action and success(reward, terminated, info) -> bool. Default: Dict observations with agent_pos (or "
+            "state) and pixels (camera -> HxWx3 uint8), Box actions, success from info['is_success'].",
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", min=1, help="Steps per --env episode (default: the env's time limit, else 500)."),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="Task text sent with each --env observation (default: the run's own, if any)."),
+    ] = None,
+    camera: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--camera", metavar="MODEL=CLIENT",
+            help="For RUN_OR_CKPT: feed the run's camera MODEL from the image sent as CLIENT (repeatable), as "
+            "`recap serve --camera` does; e.g. --camera cam_high=top for an env that renders 'top'.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool,
         typer.Option(
-            "--json", help="Print {task, policy, success_rate, ci_low, ci_high, mean_length, outcomes, ...}."
+            "--json", help="Print {task, policy, success_rate, ci_low, ci_high, mean_length, outcomes, ...} "
+            "(with --env: {env, policy, success_rate, ci_low, ci_high, max_reward, mean_steps_to_success, "
+            "replan_steps, outcomes, ...})."
         ),
     ] = False,
 ) -> None:
-    """Closed-loop success rate (with a Wilson 95% interval) of a policy on the built-in toy task.
+    """Closed-loop success rate (with a Wilson 95% interval) of a policy on the built-in toy task or a gymnasium env.
 
     The policy is reached through the openpi websocket protocol, so a policy served anywhere can be evaluated; a run directory is served on a free loopback port while the evaluation runs.
 
+    With --env MODULE:ID it runs a gymnasium environment instead: episode k resets with seed + k, each chunk's first --replan-steps actions are executed, and an episode ends at success, termination or --max-steps.
+
     Example:  recap eval --server ws://127.0.0.1:8000 --task handover --episodes 50 --json
+
+    Example:  recap eval runs/pi06 --env gym_aloha:gym_aloha/AlohaTransferCube-v0 --env-kwargs '{"obs_type": "pixels_agent_pos"}' --camera cam_high=top --replan-steps 10
     """
-    from recap_core.sim.closed_loop import PolicySource, evaluate_source
+    from recap_core.serve.observation import parse_camera_map
+    from recap_core.sim.closed_loop import PolicySource, evaluate_gym_source, evaluate_source
     from recap_core.sim.task import get_task
 
-    spec = get_task(task)
     source = PolicySource(run=run_or_ckpt, server=server, expert=expert,
                           adv_ind=adv_ind.value if adv_ind is not None else None, cfg_beta=cfg_beta,
-                          api_key=api_key, connect_timeout_s=connect_timeout)
+                          api_key=api_key, connect_timeout_s=connect_timeout, camera_map=parse_camera_map(camera or []))
+    if env is not None:
+        _check_gym_flags(task, video, indicator_states)
+        out = evaluate_gym_source(source, env, episodes, seed, env_kwargs=_env_kwargs(env_kwargs), adapter=adapter,
+                                  replan_steps=replan_steps, max_steps=max_steps, prompt=prompt,
+                                  progress=lambda: _episode_progress(env, episodes), status=err_console.status)
+        emit(out, as_json, _render_gym)
+        return
+    if max_steps is not None or prompt is not None or env_kwargs is not None or adapter is not None:
+        from recap_core.errors import ConfigError
+
+        raise ConfigError("--max-steps, --prompt, --env-kwargs and --adapter are for --env",
+                          fix="add --env MODULE:ID, or drop them for the built-in task")
+    task = task or "handover"
+    spec = get_task(task)
     out = evaluate_source(source, task, episodes, seed, replan_steps=replan_steps, indicator_states=indicator_states,
                           video_dir=video, video_episodes=video_episodes, overwrite=overwrite,
                           progress=lambda: _episode_progress(spec.name, episodes), status=err_console.status)

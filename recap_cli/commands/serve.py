@@ -66,6 +66,7 @@ def _policy_loader(
     num_steps: int,
     seed: int,
     preflight: bool,
+    cameras: list[str] | None = None,
 ) -> Callable[[], Policy]:
     """Check the arguments now (fast); the returned function runs the preflight and loads the policy."""
     from recap_core.errors import ServeError
@@ -75,6 +76,8 @@ def _policy_loader(
     if policy is BuiltinPolicy.zeros:
         from recap_core.serve.policy import ZerosPolicy
 
+        if cameras:
+            raise ServeError("--camera is only for a run", fix="--policy zeros accepts any camera names")
         if action_shape is None:
             raise ServeError("--policy zeros needs --action-shape H,D", fix="e.g. --action-shape 50,14")
         zeros = ZerosPolicy(*_parse_action_shape(action_shape))
@@ -87,6 +90,7 @@ def _policy_loader(
     if action_shape is not None:
         raise ServeError("--action-shape is only for --policy zeros", fix="a run's action shape comes from its config")
     from recap_core.serve.loading import ServeOptions, load_policy, resolve_checkpoint
+    from recap_core.serve.observation import parse_camera_map
 
     options = ServeOptions(
         default_adv_ind=default_adv_ind.value,
@@ -94,6 +98,7 @@ def _policy_loader(
         cfg_beta=cfg_beta,
         num_steps=num_steps,
         seed=seed,
+        camera_map=parse_camera_map(cameras or []),
     )
     checkpoint = resolve_checkpoint(run_or_ckpt)  # a wrong path fails here, before any slow check
     from recap_core.stack import version_changes
@@ -143,6 +148,15 @@ def serve(
                  "requests with the same actions (the noise advances with every request, so the order of "
                  "concurrent clients' requests matters).")
     ] = 0,
+    camera: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--camera", metavar="MODEL=CLIENT",
+            help="Feed the run's camera MODEL from the image clients send as CLIENT (repeatable): with "
+            "--camera top=cam_high clients send images['cam_high'] and the model sees it as 'top'. The metadata "
+            "lists the names clients send ('cameras') and the map ('camera_map').",
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option("--api-key", envvar="RECAP_SERVE_API_KEY", help="Refuse clients without 'Authorization: Api-Key KEY'."),
@@ -176,7 +190,7 @@ def serve(
     )
     load = _policy_loader(
         run_or_ckpt, policy, action_shape, default_adv_ind, require_adv_ind, cfg_beta, num_steps, seed,
-        not no_preflight,
+        not no_preflight, camera,
     )
     # Take the port before the preflight and the (maybe minutes-long) model load: a busy port fails at once.
     sock = bind_socket(config.host, config.port)

@@ -16,6 +16,7 @@ them after its DeltaActions transform), so normalisation sees what the model pre
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,8 @@ def delta_mask_from_names(names: Sequence[str] | None, action_dim: int, where: s
     if not names or len(names) != action_dim:
         raise ConfigError(
             f"{where}: the action feature has no per-dim names, so --delta-actions cannot tell joints from grippers",
-            fix=f"give the mask explicitly, e.g. --set 'data.delta_actions=[{', '.join(['true'] * action_dim)}]' "
+            fix="name the action dims (features.action.names in meta/info.json; grippers contain 'gripper'), or give "
+            f"a training run the mask explicitly, e.g. --set 'data.delta_actions=[{', '.join(['true'] * action_dim)}]' "
             "(false for each gripper dim)",
         )
     return [not any(part in str(n).lower() for part in ABSOLUTE_NAME_PARTS) for n in names]
@@ -51,6 +53,21 @@ def check_mask(mask: Sequence[bool], action_dim: int, state_dim: int, where: str
             fix=f"set the entries from index {state_dim} on to false",
         )
     return mask
+
+
+def dataset_delta_mask(info: Any, wanted: bool | Sequence[bool]) -> list[bool] | bool:
+    """The delta mask a run on the dataset `info` (a `DatasetInfo`) trains with; False: absolute.
+
+    `wanted` True builds it from the action names (`delta_mask_from_names`), a list is checked
+    against the dims; a mask with no delta dim is False. Training (`train.jobs`) and `recap data
+    stats --delta-actions` both call this, so their norm stats cannot disagree.
+    """
+    where = str(info.root)
+    if wanted is True:
+        names = (info.features.get("action") or {}).get("names")
+        wanted = delta_mask_from_names(names if isinstance(names, list) else None, info.action_dim or 0, where)
+    mask = check_mask(wanted, info.action_dim or 0, info.state_dim or 0, where) if wanted else False
+    return mask if mask and any(mask) else False
 
 
 def _shifted(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool], sign: float) -> np.ndarray:

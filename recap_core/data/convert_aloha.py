@@ -6,10 +6,25 @@ Input layout (one file per episode, `RAW_DIR/episode_<k>.hdf5`, taken in order o
     /observations/images/<camera>   uint8 [T, H, W, 3] -> observation.images.<camera> (video)
     /action                         float [T, A]   -> action
     /intervention                   int/bool [T]   -> intervention (optional; default 0 = autonomous)
-    root attrs: success (bool, 0/1 or "true"/"false"; default True), task (non-empty str, overrides
-                --task for that episode)
+    /reward                         number [T]     read by `--success reward` only (optional)
+    root attrs: success (bool, 0/1 or "true"/"false"; optional, see below), task (non-empty str,
+                overrides --task for that episode)
     qpos / action attrs: names (str [S] / [A], optional) -> the features' per-dim names; without
     them a 14-D robot gets ALOHA's joint names (lerobot's aloha datasets), others none.
+
+Whether an episode succeeded (`success`, the source of the RECAP `reward` column) follows one rule,
+stated in the summary and recorded in `meta/recap_source.json` (`recap_core.data.source`):
+    attr    each file's root `success` attribute; a file without it is an error
+    all     every episode succeeded;   none: every episode failed
+    reward  max(/reward) >= success_reward (default 4: ACT's and gym-aloha's sim tasks give a
+            per-step reward of 0..4, 4 when the task is done); a file without /reward is an error
+Without a rule: `attr` when every file has the attribute, otherwise a refusal, never a guess (ACT's
+recorder writes no attribute and keeps failed episodes too). The RECAP `reward` column keeps its
+definition (1 on the last frame of a successful episode): the dense /reward is not copied into it.
+
+Cameras keep their names (`observation.images.<camera>`) unless `camera_map` renames them, e.g.
+{"top": "cam_high"}: ACT sim and lerobot's aloha_sim call the overhead camera `top`, openpi's ALOHA
+clients send `cam_high`.
 
 Every file is checked (shapes, cameras, NaN/inf in every float dataset, the success and task
 attributes, empty episodes) before anything is written, so a bad episode stops the conversion up
@@ -18,7 +33,10 @@ front with its file name.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +54,18 @@ from recap_core.data.dataset import (
     vector_feature,
     write_episode,
 )
-from recap_core.errors import DatasetError
+from recap_core.data.source import success_counts, write_source_record
+from recap_core.errors import ConfigError, DatasetError
 from recap_core.fsutil import check_output
 
 EPISODE_FILE = re.compile(r"^episode_(\d+)\.hdf5$")
 _ALOHA_ARM = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")
 ALOHA_NAMES = tuple(f"{side}_{joint}" for side in ("left", "right") for joint in _ALOHA_ARM)
+SUCCESS_RULES = ("attr", "all", "none", "reward")
+DEFAULT_SUCCESS_REWARD = 4.0  # ACT / gym-aloha TransferCube and Insertion: 4 = task done
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_OTHER_RULES = ("--success all|none|reward (all: every episode succeeded; none: every one failed; reward: "
+                f"max of /reward >= --success-reward, default {DEFAULT_SUCCESS_REWARD:g})")
 
 
 @dataclass(frozen=True)
@@ -54,11 +78,12 @@ class RawEpisode:
     state_dim: int
     action_dim: int
     has_qvel: bool
-    success: bool
+    success: bool | None  # the root `success` attribute; None when the file has none
     task: str
     intervention: np.ndarray
     state_names: tuple[str, ...] | None = None
     action_names: tuple[str, ...] | None = None
+    max_reward: float | None = None  # max of /reward; None when the file has none
 
 
 def _dim_names(ds: Any, dim: int, path: Path) -> tuple[str, ...] | None:
@@ -157,6 +182,15 @@ def _check_all_finite(f: Any, path: Path, rows: int = 4096) -> None:
             check_finite(ds.name, ds[start : start + rows], str(path), first_frame=start)
 
 
+def _max_reward(f: Any, path: Path, length: int) -> float:
+    """The largest per-step value of /reward ([T] or [T, 1] numbers)."""
+    ds = f["/reward"]
+    if ds.dtype.kind not in "biuf" or ds.shape not in ((length,), (length, 1)):
+        raise DatasetError(f"{path}: /reward is {ds.dtype} {ds.shape}; expected {length} numbers (one reward per frame)",
+                           fix="store the per-step reward as a [T] array, or delete /reward")
+    return float(np.max(ds[()]))
+
+
 def _dataset(f, key: str, path: Path, ndim: int):
     if key not in f:
         raise DatasetError(f"{path} has no {key} dataset", fix="write episodes in the ALOHA layout (see `recap convert aloha-hdf5 --help`)")
@@ -203,13 +237,14 @@ def scan_episode(path: Path, default_task: str) -> RawEpisode:
             intervention = flags.astype(np.int64)
         else:
             intervention = np.zeros(length, dtype=np.int64)
-        success = _attr_bool(f.attrs["success"], path, "success") if "success" in f.attrs else True
+        success = _attr_bool(f.attrs["success"], path, "success") if "success" in f.attrs else None
+        max_reward = _max_reward(f, path, length) if "/reward" in f else None
         # The episode's own task attribute overrides --task (the default for files without one).
         task = _attr_task(f.attrs["task"], path) if "task" in f.attrs else default_task
         state_names = _dim_names(qpos, qpos.shape[1], path)
         action_names = _dim_names(action, action.shape[1], path)
     return RawEpisode(path, length, cameras, qpos.shape[1], action.shape[1], has_qvel, success, task, intervention,
-                      state_names, action_names)
+                      state_names, action_names, max_reward)
 
 
 def _check_consistent(episodes: list[RawEpisode]) -> None:
@@ -230,6 +265,86 @@ def _check_consistent(episodes: list[RawEpisode]) -> None:
                 )
 
 
+def _file_list(paths: Sequence[Path], shown: int = 3) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def check_success_rule(rule: str | None, success_reward: float | None) -> float | None:
+    """Refuse an unknown rule or a threshold the rule does not read; the threshold `reward` uses."""
+    if rule is not None and rule not in SUCCESS_RULES:
+        raise ConfigError(f"--success {rule!r} is not a rule", fix=f"use one of: {', '.join(SUCCESS_RULES)}")
+    if success_reward is not None and rule != "reward":
+        raise ConfigError(f"--success-reward {success_reward:g} is read only by --success reward (this run: "
+                          f"--success {rule or 'not given'})", fix="add --success reward, or drop --success-reward")
+    if rule != "reward":
+        return None
+    threshold = DEFAULT_SUCCESS_REWARD if success_reward is None else float(success_reward)
+    if not math.isfinite(threshold):
+        raise ConfigError(f"--success-reward {threshold} is not a finite number", fix="pass the reward of a finished task, e.g. 4")
+    return threshold
+
+
+def episode_successes(episodes: Sequence[RawEpisode], rule: str | None, threshold: float | None) -> tuple[str, list[bool]]:
+    """(the rule applied, success per episode); see the module docstring for the rules."""
+    lacking = [e.path for e in episodes if e.success is None]
+    if rule is None:
+        if lacking:
+            raise DatasetError(
+                f"{len(lacking)} of {len(episodes)} episode files have no root attribute 'success' "
+                f"({_file_list(lacking)}), so whether they succeeded is unknown (ACT's recorder keeps failed episodes too)",
+                fix=f"say how to label them with {_OTHER_RULES}",
+            )
+        rule = "attr"
+    if rule == "attr":
+        if lacking:
+            raise DatasetError(f"{lacking[0]} has no root attribute 'success', which --success attr reads"
+                               + (f" ({len(lacking)} files lack it: {_file_list(lacking)})" if len(lacking) > 1 else ""),
+                               fix=f"store it in every file (h5py: f.attrs['success'] = True), or label the episodes with {_OTHER_RULES}")
+        return rule, [bool(e.success) for e in episodes]
+    if rule in ("all", "none"):
+        return rule, [rule == "all"] * len(episodes)
+    no_reward = [e.path for e in episodes if e.max_reward is None]
+    if no_reward:
+        raise DatasetError(f"{no_reward[0]} has no /reward dataset, which --success reward reads"
+                           + (f" ({len(no_reward)} files lack it: {_file_list(no_reward)})" if len(no_reward) > 1 else ""),
+                           fix="store the per-step reward as /reward [T], or use --success attr|all|none")
+    return rule, [e.max_reward >= threshold for e in episodes]
+
+
+def parse_camera_map(specs: Sequence[str]) -> dict[str, str]:
+    """`--camera SRC=DST` flags as {SRC: DST}; a malformed flag or a camera named twice is an error."""
+    renames: dict[str, str] = {}
+    for spec in specs:
+        src, sep, dst = (part.strip() for part in spec.partition("="))
+        if not sep or not src or not dst:
+            raise ConfigError(f"--camera {spec!r} is not SRC=DST", fix="rename a camera like this: --camera top=cam_high")
+        if src in renames:
+            raise ConfigError(f"--camera renames {src!r} twice ({src}={renames[src]} and {spec})",
+                              fix="give each source camera one --camera flag")
+        renames[src] = dst
+    return renames
+
+
+def output_cameras(found: Sequence[str], camera_map: Mapping[str, str] | None) -> dict[str, str]:
+    """Source camera -> the dataset's camera name, in the files' order (unmapped cameras keep theirs)."""
+    camera_map = dict(camera_map or {})
+    for src, dst in camera_map.items():
+        if src not in found:
+            raise ConfigError(f"--camera {src}={dst}: the episodes have no camera {src!r}; cameras found: {', '.join(found)}",
+                              fix="name one of the cameras found as SRC")
+        if not CAMERA_NAME.match(dst):
+            raise ConfigError(f"--camera {src}={dst}: {dst!r} is not a camera name (letters, digits, _ and -)",
+                              fix="give the short name, e.g. --camera top=cam_high (it becomes observation.images.cam_high)")
+    names = {cam: camera_map.get(cam, cam) for cam in found}
+    for name, count in Counter(names.values()).items():
+        if count > 1:
+            sources = [cam for cam, n in names.items() if n == name]
+            raise ConfigError(f"--camera would give cameras {', '.join(sources)} the one name {name!r}",
+                              fix="map each camera to a name of its own (a camera not renamed keeps its name)")
+    return names
+
+
 def convert_aloha_hdf5(
     raw_dir: Path,
     out: Path,
@@ -241,8 +356,16 @@ def convert_aloha_hdf5(
     t_max: int | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    success: str | None = None,
+    success_reward: float | None = None,
+    camera_map: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Convert `raw_dir/episode_<k>.hdf5` into a new v3.0 dataset at `out`; returns a summary."""
+    """Convert `raw_dir/episode_<k>.hdf5` into a new v3.0 dataset at `out`; returns a summary.
+
+    `success`: one of SUCCESS_RULES, or None for `attr` when every file has the attribute (else a
+    DatasetError); `success_reward`: the `reward` rule's threshold (default 4). `camera_map`: {source
+    camera: dataset camera} for the cameras to rename.
+    """
     import h5py
 
     if fps <= 0:
@@ -250,20 +373,27 @@ def convert_aloha_hdf5(
     if not task.strip():
         raise DatasetError("--task is empty", fix='describe the task, e.g. --task "fold the towel"')
     failure_penalty = schema.check_failure_penalty(failure_penalty)
+    threshold = check_success_rule(success, success_reward)
     check_output(Path(out), overwrite, inputs=(Path(raw_dir),))  # fail fast, before reading anything
     files = episode_files(raw_dir)
     episodes = [scan_episode(p, task) for p in files]
     _check_consistent(episodes)
+    first = episodes[0]
+    cameras = output_cameras(list(first.cameras), camera_map)
+    rule, successes = episode_successes(episodes, success, threshold)
+    # How the episodes were labelled: in the summary and in meta/recap_source.json.
+    how = {"success_rule": rule, **({"success_reward": threshold} if threshold is not None else {}),
+           **success_counts(successes)}
+    renamed = {src: dst for src, dst in cameras.items() if src != dst}
     labels = schema.recap_labels(
         [e.length for e in episodes],
-        [e.success for e in episodes],
+        successes,
         [e.intervention for e in episodes],
         [e.task for e in episodes],
         t_max=t_max,
         failure_penalty=failure_penalty,
     )
-    first = episodes[0]
-    features = {f"observation.images.{cam}": camera_feature(h, w) for cam, (h, w, _) in first.cameras.items()}
+    features = {f"observation.images.{cameras[cam]}": camera_feature(h, w) for cam, (h, w, _) in first.cameras.items()}
     features["observation.state"] = vector_feature(first.state_dim, names=first.state_names)
     if first.has_qvel:
         features["observation.velocity"] = vector_feature(first.state_dim, names=first.state_names)
@@ -276,7 +406,7 @@ def convert_aloha_hdf5(
                 # h5py datasets are passed as they are: write_episode reads them one frame at a
                 # time, so a long 4-camera 480x640 episode never sits in memory whole.
                 with h5py.File(ep.path, "r") as f:
-                    arrays = {f"observation.images.{cam}": f[f"/observations/images/{cam}"] for cam in ep.cameras}
+                    arrays = {f"observation.images.{cameras[cam]}": f[f"/observations/images/{cam}"] for cam in ep.cameras}
                     arrays["observation.state"] = f["/observations/qpos"]
                     if ep.has_qvel:
                         arrays["observation.velocity"] = f["/observations/qvel"]
@@ -286,6 +416,7 @@ def convert_aloha_hdf5(
                     progress(i + 1, len(episodes))
         finally:
             ds.finalize()
+        write_source_record(tmp, {"converter": "aloha-hdf5", **how, **({"cameras": renamed} if renamed else {})})
         open_dataset(tmp)  # what we wrote must open as v3.0 before it replaces anything
     frames = sum(e.length for e in episodes)
     return {
@@ -293,8 +424,10 @@ def convert_aloha_hdf5(
         "episodes": len(episodes),
         "frames": frames,
         "fps": fps,
-        "cameras": list(first.cameras),
+        "cameras": list(cameras.values()),
+        "renamed_cameras": renamed,
         "tasks": sorted({e.task for e in episodes}),
-        "success_rate": float(np.mean([e.success for e in episodes])),
+        **how,
+        "success_rate": float(np.mean(successes)),
         "intervention_fraction": float(sum(int(e.intervention.sum()) for e in episodes) / frames),
     }

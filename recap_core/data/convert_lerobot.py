@@ -8,6 +8,7 @@ first converted with lerobot's own converter inside the output's temporary direc
 Episode success comes from `--success`: `all`, a per-frame COLUMN (its value on the episode's last
 frame, e.g. `next.success`), or a JSON / CSV FILE mapping episode_index -> success. Intervention
 comes from `--intervention`: a 0/1 COLUMN, `all` (human demonstrations) or `none` (autonomous).
+The success rule is stated in the summary and recorded in `meta/recap_source.json` (`data.source`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from recap_core.data.dataset import (
     read_table,
     validate_dataset,
 )
+from recap_core.data.source import success_counts, write_source_record
 from recap_core.errors import DatasetError
 from recap_core.fsutil import atomic_output_dir, check_output, link_or_copy
 
@@ -86,10 +88,20 @@ def read_success_file(path: Path, episodes: list[int]) -> dict[int, bool]:
     return {ep: out[ep] for ep in episodes}
 
 
-def _episode_success(spec: str, info, per_episode: dict[int, np.ndarray] | None, episodes: list[int]) -> dict[int, bool]:
+def success_rule(spec: str) -> dict[str, str]:
+    """How `--success SPEC` is read, as `meta/recap_source.json` records it: 'all', a FILE, else a COLUMN."""
     if spec == "all":
-        return dict.fromkeys(episodes, True)
+        return {"success_rule": "all"}
     if Path(spec).is_file():
+        return {"success_rule": "file", "success_from": Path(spec).name}
+    return {"success_rule": "column", "success_from": spec}
+
+
+def _episode_success(spec: str, info, per_episode: dict[int, np.ndarray] | None, episodes: list[int]) -> dict[int, bool]:
+    rule = success_rule(spec)["success_rule"]
+    if rule == "all":
+        return dict.fromkeys(episodes, True)
+    if rule == "file":
         return read_success_file(Path(spec), episodes)
     if spec not in info.features:
         raise DatasetError(
@@ -233,6 +245,8 @@ def convert_lerobot(
             shutil.move(str(child), str(tmp / child.name))
         shutil.rmtree(final)
         shutil.rmtree(tmp / ".v30", ignore_errors=True)
+        how = {**success_rule(success), **success_counts([successes[e] for e in episodes])}
+        write_source_record(tmp, {"converter": "lerobot", **how})
         validate_dataset(open_dataset(tmp), columns=list(schema.RECAP_COLUMNS))
     frames = sum(lengths.values())
     return {
@@ -241,6 +255,7 @@ def convert_lerobot(
         "episodes": len(episodes),
         "frames": frames,
         "cameras": list(info.cameras),
+        **how,
         "success_rate": float(np.mean([successes[e] for e in episodes])),
         "intervention_fraction": float(sum(int(f.sum()) for f in flags.values()) / frames),
     }

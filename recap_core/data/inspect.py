@@ -24,6 +24,9 @@ documented in `recap_core/stages.py`):
     intervention_episodes  int | null       episodes with at least one intervention frame
     adv_ind_counts         {"positive": int, "negative": int, "none": int} | null   (plus any unknown value)
     value_label_range      [float, float] | null                                    [min, max]
+    source                 object | null    meta/recap_source.json as a recap converter wrote it (the success
+                                    rule, e.g. {"converter": "aloha-hdf5", "success_rule": "attr",
+                                    "successful_episodes": 3, "failed_episodes": 1}; `data.source`)
     problems               [str]    validation failures (NaN/inf, intervention not 0/1, value_label out of
                                     [-1, 0], unknown adv_ind, missing videos, ...; each names the column,
                                     episode and frame) and one entry per unreadable video file (its path)
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from recap_core.data import schema
+from recap_core.data.source import read_source_record
 from recap_core.errors import DatasetError
 
 
@@ -85,6 +89,7 @@ def describe_dataset(root: str | Path) -> dict[str, Any]:
         "intervention_episodes": None,
         "adv_ind_counts": None,
         "value_label_range": None,
+        "source": read_source_record(info.root),
         "problems": problems,
     }
     if schema.REWARD in cols and len(starts):

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from recap_core.errors import DatasetError, RecapError
+from recap_core.errors import ConfigError, DatasetError, RecapError
 from recap_core.fsutil import atomic_write_text
 
 EPS = 1e-6
@@ -108,6 +108,32 @@ def compute_norm_stats(root: str | Path, columns: Mapping[str, str] | None = Non
         episodes = np.asarray(column_array(table, "episode_index"))
         values[ACTIONS] = chunk_deltas(values[STATE], values[ACTIONS], episodes, delta_mask, horizon)
     return {key: stats_of(v) for key, v in values.items()}
+
+
+def run_norm_stats(root: str | Path, columns: Mapping[str, str] | None = None, *,
+                   delta_actions: bool | Sequence[bool] = False, horizon: int = 1) -> tuple[dict[str, NormStats], dict[str, Any]]:
+    """The norm stats a training run on `root` uses (the run and `recap data stats` call this), and
+    the action convention they are for: {"actions": "absolute" | "delta", "delta_mask": [bool] |
+    None, "action_horizon": int | None}. With `delta_actions` (True: the mask from the action names,
+    or a mask) the stats are those of the run's chunk deltas (`actions.dataset_delta_mask`,
+    chunks of `horizon`); absolute stats do not depend on the horizon."""
+    from recap_core.data.actions import dataset_delta_mask
+    from recap_core.data.dataset import open_dataset
+
+    columns = dict(columns or DEFAULT_COLUMNS)
+    mask = False
+    if delta_actions:
+        if columns != DEFAULT_COLUMNS:
+            raise ConfigError(f"delta actions are taken from the columns {DEFAULT_COLUMNS[STATE]} and "
+                              f"{DEFAULT_COLUMNS[ACTIONS]}, as a training run does (asked: {columns[STATE]} and {columns[ACTIONS]})",
+                              fix="drop --state-column/--action-column, or drop --delta-actions")
+        if horizon < 1:
+            raise ConfigError(f"action horizon {horizon} must be at least 1", fix="use the model's action_horizon")
+        mask = dataset_delta_mask(open_dataset(Path(root), version=None), delta_actions)
+    stats = compute_norm_stats(root, columns, delta_mask=mask or None, horizon=horizon)
+    convention = {"actions": "delta" if mask else "absolute", "delta_mask": mask or None,
+                  "action_horizon": horizon if mask else None}
+    return stats, convention
 
 
 def norm_stats_to_json(stats: Mapping[str, NormStats]) -> dict[str, Any]:

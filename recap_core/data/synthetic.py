@@ -158,13 +158,17 @@ def make_aloha_hdf5(
     tasks: Sequence[str | None] | None = None,
     with_qvel: bool = True,
     seed: int = 0,
+    with_success_attr: bool | Sequence[bool] = True,
+    reward: Sequence[float | np.ndarray] | None = None,
 ) -> Path:
     """Write raw episodes `raw_dir/episode_<k>.hdf5` in the ALOHA/ACT layout and return `raw_dir`.
 
     Layout: `/observations/qpos` [T,S], `/observations/qvel` [T,S] (with `with_qvel`),
     `/observations/images/<cam>` uint8 [T,H,W,3], `/action` [T,A], `/intervention` int [T]
-    (always written here; optional for the converter), root attrs `success` (bool) and, when
-    `tasks[k]` is given, `task`.
+    (always written here; optional for the converter), root attrs `success` (bool; per episode
+    only where `with_success_attr` is true: ACT's recorder writes none) and, when `tasks[k]` is
+    given, `task`. `reward[k]`: episode k's `/reward` [T] (ACT / gym-aloha: per-step reward, 4 when
+    the task is done), given as the array or as its final value m (a staircase of whole steps 0, 1, ... ending at m).
     """
     import h5py
 
@@ -174,6 +178,8 @@ def make_aloha_hdf5(
     successes = default_successes(episodes) if success is None else [bool(s) for s in _per_episode(success, episodes, "success")]
     given = None if intervention is None else _per_episode(intervention, episodes, "intervention")
     task_list = [None] * episodes if tasks is None else _per_episode(tasks, episodes, "tasks")
+    attrs = _per_episode(with_success_attr, episodes, "with_success_attr")
+    rewards = None if reward is None else _per_episode(reward, episodes, "reward")
     for ep, length in enumerate(lengths):
         raw = episode_arrays(ep, length, cameras=cameras, image_size=image_size, state_dim=state_dim, action_dim=action_dim, seed=seed)
         if given is None:
@@ -190,7 +196,16 @@ def make_aloha_hdf5(
                 imgs.create_dataset(cam, data=raw["images"][cam], chunks=(1, *raw["images"][cam].shape[1:]))
             f.create_dataset("action", data=raw["action"])
             f.create_dataset("intervention", data=flags)
-            f.attrs["success"] = bool(successes[ep])
+            if attrs[ep]:
+                f.attrs["success"] = bool(successes[ep])
+            if rewards is not None:
+                given_reward = rewards[ep]
+                if np.ndim(given_reward) == 0:
+                    steps = np.floor(np.linspace(0, float(given_reward), length))
+                    steps[-1] = float(given_reward)
+                else:
+                    steps = np.asarray(given_reward)
+                f.create_dataset("reward", data=steps.astype(np.float32))
             if task_list[ep] is not None:
                 f.attrs["task"] = str(task_list[ep])
     return raw_dir

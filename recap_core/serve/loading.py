@@ -4,8 +4,8 @@
 `config.json`, the checkpoint step and `assets/norm_stats.json`, then hands them to the
 model kind's *policy builder*, a function registered with `register_policy_builder` by the
 module that owns the model (pi0.5/pi0.6 register theirs). There is no separate inference
-config: serving options (adv_ind default, CFG beta, denoising steps) come from the command
-line, and indicator dropout is never applied at inference.
+config: serving options (adv_ind default, CFG beta, denoising steps, camera names) come from the
+command line, and indicator dropout is never applied at inference.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class ServeOptions:
     cfg_beta: float = 1.0  # > 1 turns on classifier-free guidance (pi0.6 paper)
     num_steps: int = 10  # flow-matching denoising steps
     seed: int = 0  # of the sampling noise: the same seed answers the same requests identically
+    camera_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Client camera name -> the run's camera (`--camera MODEL=CLIENT`, see `observation.parse_camera_map`)."""
 
     def __post_init__(self) -> None:
         if self.default_adv_ind not in ADV_IND_VALUES:

@@ -11,18 +11,22 @@ and becomes the batch contract of docs/internals.md with a leading dim of 1 (ima
 to the model resolution, a mask per camera). Every problem raises `RequestError` naming the
 key, what was expected and what to send instead; the server turns it into an error reply.
 Client-supplied names and values are quoted short (`describe_names`, `clip`), whatever is sent.
+
+A camera map (`recap serve RUN --camera top=cam_high`) lets clients send a camera under another
+name than the one the model was trained on: the request's `images["cam_high"]` is fed to the
+model's `top`. The metadata then lists the names clients send (`cameras`) and the map itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from recap_core.data.loader import resize_with_pad
-from recap_core.errors import RecapError
+from recap_core.errors import RecapError, ServeError
 from recap_core.serve.protocol import clip, describe_names
 
 ADV_IND_VALUES = ("positive", "negative", "none")
@@ -48,6 +52,8 @@ class ObservationSpec:
     default_prompt: str | None = None
     default_adv_ind: str | None = "positive"  # None: the model is not advantage-conditioned
     require_adv_ind: bool = False
+    camera_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Client camera name -> model camera (from `--camera MODEL=CLIENT`); unmapped cameras keep their name."""
 
     def __post_init__(self) -> None:
         if self.state_dim < 1:
@@ -59,13 +65,27 @@ class ObservationSpec:
                 f"default adv_ind {self.default_adv_ind!r} is not one of {list(ADV_IND_VALUES)}",
                 fix="use --default-adv-ind positive|negative|none",
             )
+        check_camera_map(self.camera_map, self.cameras)
+        object.__setattr__(self, "camera_map", dict(self.camera_map))
+
+    @property
+    def client_cameras(self) -> tuple[str, ...]:
+        """The camera names clients send, one per model camera and in the model's order."""
+        to_client = {model: client for client, model in self.camera_map.items()}
+        return tuple(to_client.get(cam, cam) for cam in self.cameras)
+
+    @property
+    def client_ignored_cameras(self) -> frozenset[str]:
+        """Camera names accepted and dropped (a mapped name is read, not ignored)."""
+        return self.ignored_cameras - set(self.client_cameras)
 
     def describe(self) -> dict[str, Any]:
         """The request contract, for the server metadata clients read on connect."""
         return {
             "state_dim": self.state_dim,
-            "cameras": list(self.cameras),
-            "ignored_cameras": sorted(self.ignored_cameras),
+            "cameras": list(self.client_cameras),
+            "camera_map": dict(self.camera_map),
+            "ignored_cameras": sorted(self.client_ignored_cameras),
             "image_size": list(self.image_size),
             "default_prompt": self.default_prompt,
             "adv_ind": {
@@ -75,6 +95,49 @@ class ObservationSpec:
                 "values": list(ADV_IND_VALUES),
             },
         }
+
+
+def parse_camera_map(items: Sequence[str]) -> dict[str, str]:
+    """`["top=cam_high", ...]` (MODEL=CLIENT, as `--camera` takes them) -> {client name: model camera}."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        model, sep, client = (part.strip() for part in item.partition("="))
+        if not sep or not model or not client:
+            raise ServeError(
+                f"--camera {item!r} is not MODEL=CLIENT",
+                fix="name the run's camera, then the name clients send it under, e.g. --camera top=cam_high",
+            )
+        if client in mapping and mapping[client] != model:
+            raise ServeError(
+                f"--camera maps the clients' {client!r} to both {mapping[client]!r} and {model!r}",
+                fix="give each client camera one model camera",
+            )
+        mapping[client] = model
+    return mapping
+
+
+def check_camera_map(camera_map: Mapping[str, str], cameras: Sequence[str]) -> None:
+    """Refuse a camera map that names a camera the model lacks, or leaves a model camera unreachable."""
+    taken: dict[str, str] = {}
+    for client, model in camera_map.items():
+        if model not in cameras:
+            raise ServeError(
+                f"--camera {model}={client}: the run has no camera {model!r}; its cameras are {list(cameras)}",
+                fix=f"write --camera MODEL=CLIENT with MODEL one of the run's cameras, e.g. --camera {cameras[0]}={client}",
+            )
+        if model in taken:
+            raise ServeError(
+                f"--camera maps both {taken[model]!r} and {client!r} to the run's camera {model!r}",
+                fix="give each model camera one client name",
+            )
+        taken[model] = client
+    for client, model in camera_map.items():
+        if client in cameras and client not in taken:
+            raise ServeError(
+                f"--camera {model}={client}: {client!r} is also one of the run's cameras, which clients could "
+                "then no longer send",
+                fix=f"map {client!r} to another client name as well (a swap: --camera a=b --camera b=a)",
+            )
 
 
 def prepare_observation(obs: Any, spec: ObservationSpec) -> dict[str, Any]:
@@ -96,8 +159,8 @@ def prepare_observation(obs: Any, spec: ObservationSpec) -> dict[str, Any]:
         raise RequestError(f"observation is missing 'state' (float[{spec.state_dim}])", fix="add the robot state")
     if "images" not in obs:
         raise RequestError(
-            f"observation is missing 'images' (a dict with cameras {list(spec.cameras)})",
-            fix="add images={'cam_high': uint8[3, H, W], ...}",
+            f"observation is missing 'images' (a dict with cameras {list(spec.client_cameras)})",
+            fix=f"add images={{'{spec.client_cameras[0]}': uint8[3, H, W], ...}}",
         )
     images, masks = _prepare_images(obs["images"], spec)
     return {
@@ -114,7 +177,7 @@ def example_observation(spec: ObservationSpec) -> dict[str, Any]:
     height, width = spec.image_size
     obs: dict[str, Any] = {
         "state": np.zeros(spec.state_dim, np.float32),
-        "images": {cam: np.zeros((3, height, width), np.uint8) for cam in spec.cameras},
+        "images": {cam: np.zeros((3, height, width), np.uint8) for cam in spec.client_cameras},
         "prompt": spec.default_prompt or "warm up",
     }
     if spec.require_adv_ind:
@@ -151,26 +214,29 @@ def _prepare_images(value: Any, spec: ObservationSpec) -> tuple[dict[str, np.nda
     if not isinstance(value, Mapping):
         raise RequestError(
             f"'images' must be a dict of camera name -> image, got {type(value).__name__}",
-            fix=f"send images={{'{spec.cameras[0]}': uint8[3, H, W], ...}}",
+            fix=f"send images={{'{spec.client_cameras[0]}': uint8[3, H, W], ...}}",
         )
     given = {_key_text(k): v for k, v in value.items()}
-    unknown = sorted(set(given) - set(spec.cameras) - spec.ignored_cameras)
+    sent_as = spec.client_cameras  # the name each model camera arrives under
+    unknown = sorted(set(given) - set(sent_as) - spec.client_ignored_cameras)
     if unknown:
+        mapped = f" (the server maps {spec.camera_map})" if spec.camera_map else ""
         raise RequestError(
-            f"'images' has unknown cameras {describe_names(unknown)}; this policy reads {list(spec.cameras)}",
-            fix="rename the cameras to the run's camera keys or drop the extra ones",
+            f"'images' has unknown cameras {describe_names(unknown)}; this policy reads {list(sent_as)}{mapped}",
+            fix="rename the cameras to the ones in the server's metadata ('cameras') or drop the extra ones; "
+            "a server can rename them for you: recap serve RUN --camera MODEL=CLIENT",
         )
-    if not any(cam in given for cam in spec.cameras):
+    if not any(cam in given for cam in sent_as):
         raise RequestError(
-            f"'images' has none of the policy's cameras {list(spec.cameras)}",
+            f"'images' has none of the policy's cameras {list(sent_as)}",
             fix="send at least the base camera",
         )
     height, width = spec.image_size
     images, masks = {}, {}
-    for cam in spec.cameras:
-        if cam in given:
+    for cam, name in zip(spec.cameras, sent_as, strict=True):
+        if name in given:
             # Same resize-with-pad as the training loader, so served frames match trained ones.
-            images[cam] = resize_with_pad(_to_hwc_uint8(given[cam], cam), (height, width))[None]
+            images[cam] = resize_with_pad(_to_hwc_uint8(given[name], name), (height, width))[None]
             masks[cam] = np.ones(1, bool)
         else:
             # A missing camera is fed as black with mask False, as openpi does for absent wrists.

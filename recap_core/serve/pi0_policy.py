@@ -136,9 +136,6 @@ def build_pi0_policy(checkpoint: RunCheckpoint, options: ServeOptions) -> ModelP
     task = factory(config)
     model_config = task.model_config
     _check_options(config, model_config.pi06, options, run_dir)
-    parts = load_parts(run_dir, checkpoint.step, make_mesh(1), task_factory=factory, use_ema=True)
-    sampler = Pi0Sampler(task, parts, num_steps=options.num_steps, cfg_beta=options.cfg_beta,
-                         seed=options.seed)
     spec = ObservationSpec(
         state_dim=len(norm_stats[STATE].mean),
         cameras=task.cameras,
@@ -147,7 +144,11 @@ def build_pi0_policy(checkpoint: RunCheckpoint, options: ServeOptions) -> ModelP
         # pi0.5 is not advantage-conditioned: adv_ind is accepted and ignored.
         default_adv_ind=options.default_adv_ind if model_config.pi06 else None,
         require_adv_ind=options.require_adv_ind,
+        camera_map=options.camera_map,  # checked here, before the slow load
     )
+    parts = load_parts(run_dir, checkpoint.step, make_mesh(1), task_factory=factory, use_ema=True)
+    sampler = Pi0Sampler(task, parts, num_steps=options.num_steps, cfg_beta=options.cfg_beta,
+                         seed=options.seed)
     return ModelPolicy(
         spec,
         sampler,

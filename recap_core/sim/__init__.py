@@ -9,5 +9,7 @@
 - `evaluate`: closed-loop success rate with a Wilson 95% interval, optional GIFs
 - `remote`: a served policy as a `policy_fn` (`remote_policy`), a policy or run served for a while
   (`serve_policy`, `serve_run`)
+- `gym_env`: closed-loop evaluation on a gymnasium env (`recap eval --env MODULE:ID`) through an
+  adapter between its observations/actions and the openpi wire format
 - `indicator`: how far a pi0.6 policy's actions move with its advantage indicator (open loop)
 """

@@ -1,13 +1,14 @@
 """`recap eval` without the printing: pick the policy (a run served on a loopback port for the
 evaluation, a policy already served elsewhere, or the scripted expert), optionally measure a pi0.6
-run's indicator effect, and run closed-loop episodes on the same scenes any other policy gets.
+run's indicator effect, and run closed-loop episodes on the same scenes any other policy gets:
+the built-in toy task (`evaluate_source`) or a gymnasium environment (`evaluate_gym_source`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ class PolicySource:
     cfg_beta: float = 1.0
     api_key: str | None = None
     connect_timeout_s: float = 30.0
+    camera_map: Mapping[str, str] = field(default_factory=dict)
+    """Client camera name -> the run's camera, for a run served here (`--camera MODEL=CLIENT`)."""
 
     def check(self, *, indicator_states: int = 0) -> None:
         given = [name for name, on in (("RUN_OR_CKPT", self.run), ("--server", self.server), ("--expert", self.expert))
@@ -50,6 +53,9 @@ class PolicySource:
         if self.cfg_beta != 1.0 and self.run is None:
             raise ConfigError("--cfg-beta needs the run's weights (guidance happens inside the sampler), not "
                               "--server or --expert", fix="pass the run directory, or start `recap serve RUN --cfg-beta B`")
+        if self.camera_map and self.run is None:
+            raise ConfigError("--camera renames the cameras of a run served here, not of --server or --expert",
+                              fix="pass the run directory, or start `recap serve RUN --camera MODEL=CLIENT`")
 
     @property
     def name(self) -> str:
@@ -115,10 +121,56 @@ def _served(source: PolicySource, spec: Any, indicator_states: int, seed: int,
 
     with status(f"loading {source.run}"):
         policy = load_policy(Path(source.run), ServeOptions(default_adv_ind=source.adv_ind or "positive",
-                                                            cfg_beta=source.cfg_beta))
+                                                            cfg_beta=source.cfg_beta, camera_map=source.camera_map))
     effect = None
     if indicator_states:
         with status(f"indicator effect on {indicator_states} states"):
             effect = indicator_effect(policy, spec, indicator_states, seed)
     with serve_policy(policy) as url:
         yield url, effect
+
+
+def evaluate_gym_source(
+    source: PolicySource,
+    env: str,
+    episodes: int,
+    seed: int,
+    *,
+    env_kwargs: Mapping[str, Any] | None = None,
+    adapter: str | None = None,
+    replan_steps: int = 5,
+    max_steps: int | None = None,
+    prompt: str | None = None,
+    progress: Callable[[], contextlib.AbstractContextManager[Callable[[Any], None]]] | None = None,
+    status: Callable[[str], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> dict[str, Any]:
+    """Closed-loop success of one served policy on the gymnasium env `MODULE:ID` (`GymEvalResult.as_dict()`).
+
+    The env and its adapter (see `sim.gym_env`) are made first, so a missing env package fails
+    before a run loads; the run is then served on 127.0.0.1 as in `evaluate_source`."""
+    from recap_core.sim import gym_env
+
+    if source.expert:
+        raise ConfigError("--expert is the built-in task's scripted expert; it cannot act in --env",
+                          fix="evaluate a run (RUN_OR_CKPT) or a served policy (--server ws://HOST:PORT)")
+    source.check()
+    made = gym_env.make_env(env, env_kwargs)
+    try:
+        limit = gym_env.episode_limit(made, max_steps)
+        env_adapter = gym_env.load_adapter(adapter, made)
+        first, _ = made.reset(seed=seed)
+        first_obs = env_adapter.observation(first)
+        with contextlib.ExitStack() as stack:
+            url, _ = stack.enter_context(_served(source, None, 0, seed, status))
+            from recap_core.sim.remote import remote_policy
+
+            policy_fn = stack.enter_context(remote_policy(
+                url, adv_ind=source.adv_ind, api_key=source.api_key, connect_timeout_s=source.connect_timeout_s,
+                check=lambda metadata, where: gym_env.check_gym_policy(metadata, where, first_obs)))
+            on_episode = stack.enter_context(progress() if progress is not None else contextlib.nullcontext(None))
+            result = gym_env.evaluate_gym(policy_fn, made, env_adapter, episodes, seed, env_name=env,
+                                          policy_name=source.name, replan_steps=replan_steps, max_steps=limit,
+                                          prompt=prompt, progress=on_episode)
+    finally:
+        made.close()
+    return result.as_dict()

@@ -11,7 +11,7 @@ free loopback port for the duration of a `with` block. Used together::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,15 @@ def remote_policy(
     adv_ind: str | None = None,
     api_key: str | None = None,
     connect_timeout_s: float = 30.0,
+    check: Callable[[Mapping[str, Any], str], None] = check_served_policy,
 ) -> Iterator[PolicyFn]:
-    """A policy_fn that sends each observation to the server (with `adv_ind` when given)."""
+    """A policy_fn that sends each observation to the server (with `adv_ind` when given).
+
+    `check(metadata, url)` refuses a server that cannot drive the environment (default: the toy task's)."""
     from recap_core.serve.client import PolicyClient
 
     with PolicyClient(url, api_key=api_key, connect_timeout_s=connect_timeout_s) as client:
-        check_served_policy(client.metadata, client.url)
+        check(client.metadata, client.url)
 
         def policy_fn(obs: dict[str, Any]) -> Any:
             return client.infer({**obs, "adv_ind": adv_ind} if adv_ind is not None else obs)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from recap_core.config import RunConfig, load_run_config
-from recap_core.data.actions import check_mask, delta_mask_from_names
+from recap_core.data.actions import dataset_delta_mask
 from recap_core.data.dataset import (
     DatasetInfo,
     camera_keys_for,
@@ -26,7 +26,7 @@ from recap_core.data.dataset import (
 )
 from recap_core.data.loader import LoaderConfig, TrainLoader, camera_name
 from recap_core.data.schema import REWARD, episode_success
-from recap_core.data.stats import compute_norm_stats, load_norm_stats, norm_stats_to_json
+from recap_core.data.stats import load_norm_stats, norm_stats_to_json, run_norm_stats
 from recap_core.errors import ConfigError
 from recap_core.stages import for_run, is_tiny
 from recap_core.train.init import init_run
@@ -163,18 +163,12 @@ def resolve_delta_actions(config: RunConfig, info: DatasetInfo) -> list[bool] | 
     """
     if config.stage == "value":
         return False
-    where = str(info.root)
     wanted = config.data.delta_actions
     parent = (init_parent(config) or (None, None))[1]
     inherited = parent.data.delta_actions if parent is not None and parent.stage != "value" else None
     if wanted is None:
         wanted = inherited if inherited is not None else False
-    if wanted is True:
-        names = (info.features.get("action") or {}).get("names")
-        wanted = delta_mask_from_names(names if isinstance(names, list) else None, info.action_dim or 0, where)
-    mask = check_mask(wanted, info.action_dim or 0, info.state_dim or 0, where) if wanted else False
-    if mask and not any(mask):
-        mask = False
+    mask = dataset_delta_mask(info, wanted)
     if inherited is not None and (inherited or False) != mask:
         raise ConfigError(
             f"--init {config.init} trained with data.delta_actions={inherited or False}, this run would use {mask}",
@@ -245,8 +239,8 @@ def build_job(config: RunConfig, run_dir: Path, *, resuming: bool) -> TrainingJo
         if resuming and stats_file.is_file():
             norm_stats = load_norm_stats(stats_file)
         else:
-            norm_stats = compute_norm_stats(root, delta_mask=config.data.delta_actions or None,
-                                            horizon=int(config.model.get("action_horizon", 1)))
+            norm_stats, _ = run_norm_stats(root, delta_actions=config.data.delta_actions or False,
+                                           horizon=int(config.model.get("action_horizon", 1)))
         assets["norm_stats.json"] = json.dumps(norm_stats_to_json(norm_stats), indent=2) + "\n"
     cameras = tuple(camera_name(k) for k in (camera_keys_for(info, config.cameras) if config.cameras
                                              else info.camera_keys))

@@ -46,6 +46,15 @@ def h5_attr(name: str, value: object, episode: int = 1) -> Callable[[Path], None
     return edit
 
 
+def h5_drop_attr(name: str, episodes: tuple[int, ...] = (0, 1)) -> Callable[[Path], None]:
+    """Delete a root attribute (ACT's recorder writes no `success`)."""
+    def edit(raw: Path) -> None:
+        for episode in episodes:
+            with h5py.File(raw / f"episode_{episode}.hdf5", "a") as f:
+                del f.attrs[name]
+    return edit
+
+
 def h5_value(key: str, index: tuple, value: float, episode: int = 1) -> Callable[[Path], None]:
     def edit(raw: Path) -> None:
         with h5py.File(raw / f"episode_{episode}.hdf5", "a") as f:
@@ -132,6 +141,29 @@ CASES = [
     Case("aloha-success-empty", "aloha", h5_attr("success", ""), ("episode_1.hdf5", "'success'", "expected a boolean")),
     Case("aloha-success-int-2", "aloha", h5_attr("success", 2), ("episode_1.hdf5", "'success'", "2", "expected a boolean")),
     Case("aloha-success-float", "aloha", h5_attr("success", 0.5), ("episode_1.hdf5", "'success'", "0.5")),
+    # convert aloha-hdf5: which episodes succeeded is never guessed (ACT files have no `success` attribute)
+    Case("aloha-no-success-attr-no-flag", "aloha", h5_drop_attr("success"),
+         ("2 of 2 episode files", "no root attribute 'success'", "episode_0.hdf5, episode_1.hdf5", "--success all|none|reward")),
+    Case("aloha-one-success-attr-missing", "aloha", h5_drop_attr("success", (1,)),
+         ("1 of 2 episode files", "(episode_1.hdf5)", "--success all|none|reward")),
+    Case("aloha-success-attr-flag-missing", "aloha", h5_drop_attr("success", (1,)),
+         ("episode_1.hdf5 has no root attribute 'success'", "--success attr", "--success all|none|reward"), ("--success", "attr")),
+    Case("aloha-success-reward-no-reward", "aloha", None,
+         ("episode_0.hdf5 has no /reward dataset", "--success reward", "2 files lack it"), ("--success", "reward")),
+    Case("aloha-reward-not-per-step", "aloha", h5_new("/reward", 0, 4.0, dim=3),
+         ("episode_1.hdf5", "/reward", "(12, 3)", "expected 12 numbers"), ("--success", "reward")),
+    Case("aloha-success-unknown", "aloha", None, ("--success 'maybe'", "attr, all, none, reward"), ("--success", "maybe")),
+    Case("aloha-success-reward-alone", "aloha", None, ("--success-reward 3", "--success reward"), ("--success-reward", "3")),
+    # convert aloha-hdf5 --camera SRC=DST
+    Case("aloha-camera-unknown", "aloha", None, ("--camera top=cam_high", "no camera 'top'", "cameras found: cam_high, cam_left_wrist"),
+         ("--camera", "top=cam_high")),
+    Case("aloha-camera-same-target", "aloha", None, ("cameras cam_high, cam_left_wrist", "'front'"),
+         ("--camera", "cam_high=front", "--camera", "cam_left_wrist=front")),
+    Case("aloha-camera-onto-kept", "aloha", None, ("cameras cam_high, cam_left_wrist", "'cam_high'"),
+         ("--camera", "cam_left_wrist=cam_high")),
+    Case("aloha-camera-twice", "aloha", None, ("--camera renames 'cam_high' twice",),
+         ("--camera", "cam_high=top", "--camera", "cam_high=front")),
+    Case("aloha-camera-no-equals", "aloha", None, ("--camera 'cam_high'", "SRC=DST"), ("--camera", "cam_high")),
     # convert aloha-hdf5: NaN/inf in ANY float array, named by key and first bad frame
     Case("aloha-nan-qpos", "aloha", h5_value("/observations/qpos", (5, 2), np.nan),
          ("episode_1.hdf5", "/observations/qpos", "NaN/inf", "frame 5, dim 2", "expected finite numbers")),
@@ -180,6 +212,9 @@ CASES = [
          ("<src>/meta/info.json", "'features.action'", "14")),
     Case("stats-info-shape-string", "stats", info_json(lambda i: i["features"]["observation.state"].__setitem__("shape", "14")),
          ("<src>/meta/info.json", "'features.observation.state.shape'", "list of non-negative integers")),
+    Case("stats-delta-other-columns", "stats", None, ("delta actions are taken from the columns observation.state and action", "observation.velocity", "--action-column"),
+         ("--delta-actions", "--action-column", "observation.velocity")),
+    Case("stats-horizon-without-delta", "stats", None, ("--action-horizon", "add --delta-actions"), ("--action-horizon", "8")),
     # data inspect: a dataset whose metadata cannot be read is an error, as for every command
     Case("inspect-info-features-list", "inspect", FEATURES_LIST, ("<src>/meta/info.json", "'features'", "expected an object")),
     Case("inspect-info-fps-string", "inspect", set_key("fps", "30"), ("<src>/meta/info.json", "'fps'", "'30'")),

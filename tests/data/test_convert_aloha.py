@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 
 from recap_core.data import schema
-from recap_core.data.convert_aloha import ALOHA_NAMES, convert_aloha_hdf5
-from recap_core.data.dataset import open_dataset, read_columns
+from recap_core.data.convert_aloha import (
+    ALOHA_NAMES,
+    convert_aloha_hdf5,
+    episode_successes,
+    output_cameras,
+    parse_camera_map,
+    scan_episode,
+)
+from recap_core.data.dataset import column_array, open_dataset, read_columns, read_table
+from recap_core.data.inspect import describe_dataset
 from recap_core.data.synthetic import make_aloha_hdf5
-from recap_core.errors import DatasetError, OutputExistsError
+from recap_core.errors import ConfigError, DatasetError, OutputExistsError
 from tests.data.conftest import recap, tree_digest
 
 
@@ -26,6 +34,10 @@ def test_cli_converts_and_lerobot_reads_it(tiny_aloha_raw: Path, tmp_path: Path)
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["episodes"] == 2 and summary["frames"] == 24 and summary["success_rate"] == 0.5
+    # Every file has the attribute: the `attr` rule, stated and recorded for `data inspect`.
+    how = {"success_rule": "attr", "successful_episodes": 1, "failed_episodes": 1}
+    assert {k: summary[k] for k in how} == how and summary["renamed_cameras"] == {}
+    assert json.loads((out / "meta" / "recap_source.json").read_text()) == {"converter": "aloha-hdf5", **how}
     assert tree_digest(tiny_aloha_raw) == before
     assert [p for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())] == []  # no writer scratch left
     assert sorted(p.name for p in out.iterdir()) == ["data", "meta", "videos"]
@@ -129,3 +141,92 @@ def test_cli_bad_inputs_exit_2(tmp_path: Path) -> None:
     res = recap("convert", "aloha-hdf5", str(raw), str(tmp_path / "o"), "--fps", "10", "--task", "t")
     assert res.returncode == 2 and "cannot be opened as HDF5" in res.stderr
     assert tree_digest(raw) == before and not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- success rules, camera names
+
+
+@pytest.fixture(scope="module")
+def act_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ACT's recorder: no `success` attribute, a per-step /reward reaching 4, 3 and 4.5, camera `top`."""
+    return make_aloha_hdf5(tmp_path_factory.mktemp("act") / "raw", episodes=3, frames=5, cameras=("top", "left_wrist"),
+                           image_size=16, with_success_attr=False, reward=[4, 3, 4.5], intervention=[1, 0, 0])
+
+
+def test_act_files_by_reward_with_a_renamed_camera(act_raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = convert_aloha_hdf5(act_raw, out, fps=50, task="transfer the cube", success="reward",
+                                 camera_map={"top": "cam_high"})
+    how = {"success_rule": "reward", "success_reward": 4.0, "successful_episodes": 2, "failed_episodes": 1}
+    assert {k: summary[k] for k in how} == how and summary["success_rate"] == pytest.approx(2 / 3)
+    assert summary["cameras"] == ["left_wrist", "cam_high"] and summary["renamed_cameras"] == {"top": "cam_high"}
+    info = open_dataset(out)
+    assert set(info.video_keys) == {"observation.images.cam_high", "observation.images.left_wrist"}
+    # The RECAP reward column keeps its definition (1 on a successful episode's last frame), not /reward.
+    table = read_table(info, ["frame_index", "reward"])
+    assert schema.episode_success(column_array(table, "episode_index"), column_array(table, "frame_index"),
+                                  column_array(table, "reward")) == {0: True, 1: False, 2: True}
+    assert sorted(np.unique(column_array(table, "reward")).tolist()) == [0.0, 1.0]
+    record = {"converter": "aloha-hdf5", **how, "cameras": {"top": "cam_high"}}
+    assert describe_dataset(out)["source"] == record
+    with h5py.File(act_raw / "episode_0.hdf5") as f:
+        top = f["/observations/images/top"][2]
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    frame = LeRobotDataset("local/out", root=out, video_backend="pyav")[2]["observation.images.cam_high"]
+    assert np.abs((frame.numpy().transpose(1, 2, 0) * 255) - top).mean() < 12  # top's frames, under cam_high
+
+
+def test_each_success_rule_on_the_same_files(act_raw: Path, tiny_aloha_raw: Path) -> None:
+    act = [scan_episode(p, "t") for p in sorted(act_raw.glob("episode_*.hdf5"))]
+    assert [e.success for e in act] == [None] * 3 and [e.max_reward for e in act] == [4.0, 3.0, 4.5]
+    assert episode_successes(act, "all", None) == ("all", [True] * 3)
+    assert episode_successes(act, "none", None) == ("none", [False] * 3)
+    assert episode_successes(act, "reward", 3.0) == ("reward", [True] * 3)
+    with pytest.raises(DatasetError, match=r"3 of 3 episode files have no root attribute 'success'") as err:
+        episode_successes(act, None, None)
+    assert "--success all|none|reward" in err.value.fix
+    with pytest.raises(DatasetError, match=r"episode_0\.hdf5 has no root attribute 'success', which --success attr reads"):
+        episode_successes(act, "attr", None)
+    recorded = [scan_episode(p, "t") for p in sorted(tiny_aloha_raw.glob("episode_*.hdf5"))]
+    assert episode_successes(recorded, None, None) == ("attr", [True, False])
+    assert episode_successes(recorded, "none", None) == ("none", [False, False])  # the rule wins over the attribute
+    with pytest.raises(DatasetError, match=r"episode_0\.hdf5 has no /reward dataset, which --success reward reads"):
+        episode_successes(recorded, "reward", 4.0)
+    with pytest.raises(DatasetError, match=r"1 of 3 episode files .*\(episode_0\.hdf5\)"):
+        episode_successes([act[0], *recorded], None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"success": "maybe"}, r"--success 'maybe' is not a rule"),
+        ({"success_reward": 3.0}, r"--success-reward 3 is read only by --success reward"),
+        ({"success": "attr", "success_reward": 3.0}, r"--success-reward 3 is read only by --success reward"),
+        ({"success": "reward", "success_reward": float("nan")}, r"--success-reward nan is not a finite number"),
+    ],
+)
+def test_bad_success_flags_stop_before_reading(kwargs: dict, match: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=match):
+        convert_aloha_hdf5(tmp_path / "no-such-raw", tmp_path / "out", fps=10, task="t", **kwargs)
+
+
+def test_camera_map_parsing_and_its_refusals() -> None:
+    assert parse_camera_map(["top=cam_high", " left = cam_left_wrist "]) == {"top": "cam_high", "left": "cam_left_wrist"}
+    for spec in ("top", "=cam_high", "top="):
+        with pytest.raises(ConfigError, match="is not SRC=DST"):
+            parse_camera_map([spec])
+    with pytest.raises(ConfigError, match=r"renames 'top' twice"):
+        parse_camera_map(["top=cam_high", "top=cam_low"])
+    found = ["top", "left_wrist"]
+    assert output_cameras(found, None) == {"top": "top", "left_wrist": "left_wrist"}
+    assert output_cameras(found, {"top": "cam_high"}) == {"top": "cam_high", "left_wrist": "left_wrist"}
+    assert output_cameras(found, {"top": "left_wrist", "left_wrist": "top"}) == {"top": "left_wrist", "left_wrist": "top"}
+    with pytest.raises(ConfigError, match=r"no camera 'front'; cameras found: top, left_wrist"):
+        output_cameras(found, {"front": "cam_high"})
+    with pytest.raises(ConfigError, match=r"cameras top, left_wrist the one name 'cam_high'"):
+        output_cameras(found, {"top": "cam_high", "left_wrist": "cam_high"})
+    with pytest.raises(ConfigError, match=r"cameras top, left_wrist the one name 'left_wrist'"):
+        output_cameras(found, {"top": "left_wrist"})  # onto a camera that keeps its name
+    with pytest.raises(ConfigError, match=r"'observation.images.cam_high' is not a camera name"):
+        output_cameras(found, {"top": "observation.images.cam_high"})

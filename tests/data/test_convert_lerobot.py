@@ -11,6 +11,7 @@ import pytest
 from recap_core.data import schema
 from recap_core.data.convert_lerobot import convert_lerobot
 from recap_core.data.dataset import new_dataset, open_dataset, read_columns, vector_feature, write_episode
+from recap_core.data.source import read_source_record
 from recap_core.data.versions import v30_to_v21
 from recap_core.errors import DatasetError
 from tests.data.conftest import recap, tree_digest
@@ -59,6 +60,9 @@ def test_cli_all_demos_and_lerobot_reads_it(tiny_plain_dataset: Path, tmp_path: 
 def test_success_and_intervention_columns(flagged_dataset: Path, tmp_path: Path) -> None:
     result = convert_lerobot(flagged_dataset, tmp_path / "out", success="next.success", intervention="human")
     assert result["success_rate"] == pytest.approx(2 / 3)
+    how = {"success_rule": "column", "success_from": "next.success", "successful_episodes": 2, "failed_episodes": 1}
+    assert {k: result[k] for k in how} == how
+    assert read_source_record(tmp_path / "out") == {"converter": "lerobot", **how}
     cols = read_columns(open_dataset(tmp_path / "out"), list(schema.RECAP_COLUMNS))
     # Task "stack": episodes 0 (5 frames) and 1 (3 frames) -> T_max 5; "unstack": episode 2 -> T_max 4.
     want = schema.recap_labels([5, 3, 4], [True, False, True], [np.array([1, 1, 0, 0, 0]), np.zeros(3), np.array([1, 1, 0, 0])], ["s", "s", "u"])
@@ -70,7 +74,8 @@ def test_success_and_intervention_columns(flagged_dataset: Path, tmp_path: Path)
 def test_success_file_json_and_csv(flagged_dataset: Path, tmp_path: Path) -> None:
     csv_file = tmp_path / "s.csv"
     csv_file.write_text("episode_index,success\n0,false\n1,true\n2,1\n")
-    convert_lerobot(flagged_dataset, tmp_path / "a", success=str(csv_file), intervention="none")
+    result = convert_lerobot(flagged_dataset, tmp_path / "a", success=str(csv_file), intervention="none")
+    assert (result["success_rule"], result["success_from"], result["failed_episodes"]) == ("file", "s.csv", 1)
     cols = read_columns(open_dataset(tmp_path / "a"), ["reward", "adv_ind"])
     assert [cols[ep]["reward"][-1] for ep in range(3)] == [0.0, 1.0, 1.0]
     assert set(cols[0]["adv_ind"]) == {"none"}

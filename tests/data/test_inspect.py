@@ -44,6 +44,7 @@ def test_report_counts(tiny_dataset_two_tasks: Path) -> None:
     assert r["intervention_episodes"] == 3
     assert r["adv_ind_counts"] == {"positive": 20, "negative": 0, "none": 26}
     assert r["value_label_range"] == [-1.0, 0.0]
+    assert r["source"] is None  # not made by a recap converter: no meta/recap_source.json
     assert r["problems"] == []
     assert all(stage["ready"] for stage in r["ready"].values())
     json.dumps(r)  # the documented schema is plain JSON
@@ -115,7 +116,8 @@ def test_cli_stats_writes_openpi_file_atomically(tiny_dataset_two_tasks: Path, t
     proc = recap("data", "stats", str(tiny_dataset_two_tasks), "--output", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
-    assert printed == json.loads(out.read_text())
+    assert printed["norm_stats"] == json.loads(out.read_text())["norm_stats"] and list(json.loads(out.read_text())) == ["norm_stats"]
+    assert printed["convention"] == {"actions": "absolute", "delta_mask": None, "action_horizon": None}
     assert len(printed["norm_stats"]["state"]["q99"]) == 6 and len(printed["norm_stats"]["actions"]["mean"]) == 7
     assert [p.name for p in out.parent.iterdir()] == ["norm_stats.json"]  # no temp files left
 
@@ -169,3 +171,11 @@ def test_inspect_and_doctor_flag_a_preset_mismatch_before_a_run(wide_four_camera
     dataset = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "dataset")
     assert proc.returncode == 1 and dataset["status"] == "fail"
     assert "image slots" in dataset["message"] and dataset["fix"].startswith("train on 3 of them")
+
+
+def test_a_bad_source_record_is_named(tiny_dataset_two_tasks: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(tiny_dataset_two_tasks, tmp_path / "ds"))
+    (root / "meta" / "recap_source.json").write_text('{"converter": "aloha-hdf5"}')
+    with pytest.raises(DatasetError, match=r"recap_source\.json has no 'success_rule'") as err:
+        inspect_dataset(root)
+    assert "delete it" in err.value.fix

@@ -17,10 +17,11 @@ from recap_core.data.stats import (
     compute_norm_stats,
     load_norm_stats,
     normalize,
+    run_norm_stats,
     save_norm_stats,
     unnormalize,
 )
-from recap_core.errors import DatasetError
+from recap_core.errors import ConfigError, DatasetError
 
 
 def _parquet_matrix(root: Path, column: str) -> np.ndarray:
@@ -158,3 +159,19 @@ def test_v21_dataset_gives_the_same_stats(tiny_dataset_two_tasks: Path, tmp_path
     for key in ours:
         np.testing.assert_allclose(theirs[key].q99, ours[key].q99, rtol=1e-12)
         np.testing.assert_allclose(theirs[key].mean, ours[key].mean, rtol=1e-12)
+
+
+def test_run_norm_stats_say_their_convention(tiny_dataset: Path, tiny_dataset_two_tasks: Path) -> None:
+    # tiny_dataset: 14-D state and actions named q0.. / a0..: no gripper, so every dim is a delta.
+    absolute, convention = run_norm_stats(tiny_dataset, horizon=5)
+    assert convention == {"actions": "absolute", "delta_mask": None, "action_horizon": None}
+    np.testing.assert_array_equal(absolute["actions"].q99, compute_norm_stats(tiny_dataset)["actions"].q99)
+    delta, convention = run_norm_stats(tiny_dataset, delta_actions=True, horizon=5)
+    assert convention == {"actions": "delta", "delta_mask": [True] * 14, "action_horizon": 5}
+    want = compute_norm_stats(tiny_dataset, delta_mask=[True] * 14, horizon=5)
+    for name in ("mean", "std", "q01", "q99"):
+        np.testing.assert_array_equal(getattr(delta["actions"], name), getattr(want["actions"], name))
+    np.testing.assert_array_equal(delta["state"].mean, absolute["state"].mean)  # state is never a delta
+    assert not np.allclose(delta["actions"].mean, absolute["actions"].mean)
+    with pytest.raises(ConfigError, match="beyond the state's 6 dims"):  # 7-D actions, 6-D state
+        run_norm_stats(tiny_dataset_two_tasks, delta_actions=True, horizon=5)

@@ -157,3 +157,51 @@ def test_zeros_policy() -> None:
 def test_example_observation_includes_adv_ind_when_required() -> None:
     spec = ObservationSpec(state_dim=3, require_adv_ind=True, default_prompt="p")
     assert prepare_observation(example_observation(spec), spec)["adv_ind"].tolist() == ["positive"]
+
+
+def test_camera_map_feeds_a_client_camera_to_the_model_camera() -> None:
+    from recap_core.serve.observation import parse_camera_map
+
+    spec = ObservationSpec(state_dim=STATE_DIM, cameras=("top", "left_wrist"), image_size=(8, 8), default_prompt="p",
+                           camera_map=parse_camera_map(["top=cam_high"]))
+    assert spec.camera_map == {"cam_high": "top"}
+    meta = spec.describe()
+    assert meta["cameras"] == ["cam_high", "left_wrist"] and meta["camera_map"] == {"cam_high": "top"}
+    img, wrist = _rng_image((8, 8, 3), 1), _rng_image((8, 8, 3), 2)
+    batch = prepare_observation({"state": np.zeros(STATE_DIM), "images": {"cam_high": img, "left_wrist": wrist}}, spec)
+    np.testing.assert_array_equal(batch["images"]["top"][0], img)  # sent as cam_high, read as top
+    np.testing.assert_array_equal(batch["images"]["left_wrist"][0], wrist)
+    assert set(batch["images"]) == {"top", "left_wrist"} and batch["image_masks"]["top"][0]
+    # The model's own name is no longer what clients send; errors name the announced names.
+    with pytest.raises(RequestError, match=r"unknown cameras \['top'\].*reads \['cam_high', 'left_wrist'\]"):
+        prepare_observation({"state": np.zeros(STATE_DIM), "images": {"top": img}}, spec)
+    assert set(example_observation(spec)["images"]) == {"cam_high", "left_wrist"}
+    # A swap is allowed, and feeds each image to the other slot.
+    swap = ObservationSpec(state_dim=STATE_DIM, cameras=("a", "b"), image_size=(8, 8), default_prompt="p",
+                           camera_map=parse_camera_map(["a=b", "b=a"]))
+    batch = prepare_observation({"state": np.zeros(STATE_DIM), "images": {"a": img, "b": wrist}}, swap)
+    np.testing.assert_array_equal(batch["images"]["a"][0], wrist)
+    np.testing.assert_array_equal(batch["images"]["b"][0], img)
+    # Mapping cam_low makes it read, not ignored.
+    low = ObservationSpec(state_dim=STATE_DIM, cameras=("top",), camera_map={"cam_low": "top"})
+    assert low.describe()["cameras"] == ["cam_low"] and "cam_low" not in low.describe()["ignored_cameras"]
+
+
+@pytest.mark.parametrize(
+    ("items", "needle"),
+    [
+        (["front=cam_high"], r"no camera 'front'; its cameras are \['top', 'left_wrist'\]"),
+        (["top=cam_high", "left_wrist=cam_high"], "to both 'top' and 'left_wrist'"),
+        (["top=a", "top=b"], "both 'a' and 'b' to the run's camera 'top'"),
+        (["top=left_wrist"], "'left_wrist' is also one of the run's cameras"),
+        (["top"], "is not MODEL=CLIENT"),
+        (["=cam_high"], "is not MODEL=CLIENT"),
+    ],
+)
+def test_bad_camera_maps_are_refused(items: list[str], needle: str) -> None:
+    from recap_core.errors import ServeError
+    from recap_core.serve.observation import parse_camera_map
+
+    with pytest.raises(ServeError, match=needle) as info:
+        ObservationSpec(state_dim=2, cameras=("top", "left_wrist"), camera_map=parse_camera_map(items))
+    assert info.value.fix

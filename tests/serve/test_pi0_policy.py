@@ -19,10 +19,11 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from recap_core.errors import CheckpointError, ServeError, TokenizerError
 from recap_core.serve.loading import ServeOptions, load_policy
 from tests.conftest import TINY_PI0 as TINY_PI0_BASE
-from tests.conftest import run_recap, tiny_policy_config, train_tiny_policy
+from tests.conftest import panel_text, run_recap, tiny_policy_config, train_tiny_policy
 from tests.serve.test_cli import ENV, RECAP, _read_ready_json
 
-STATE_DIM, ACTION_DIM, HORIZON, MODEL_ACTION_DIM = 6, 5, 4, 8
+STATE_DIM, ACTION_DIM, HORIZON, MODEL_ACTION_DIM = 6, 5, 4, 8  # tests.sim.tiny_env with dim=5 matches
+ROOT = Path(__file__).resolve().parents[2]
 TINY_PI0 = {**TINY_PI0_BASE, "action_dim": MODEL_ACTION_DIM, "action_horizon": HORIZON}
 
 
@@ -212,6 +213,45 @@ def test_tokenizer_is_found_from_the_run_dir(runs: dict[str, Path], tmp_path: Pa
     stored.unlink()
     with pytest.raises(TokenizerError, match=r"gone\.model"):
         task_factory_for(run, None)(moved)
+
+
+def test_camera_map_renames_what_clients_send(runs: dict[str, Path], pi06_policy) -> None:
+    """`--camera MODEL=CLIENT`; that a run serves with it end to end is checked by the `recap eval --env` test."""
+    import dataclasses
+
+    from recap_core.serve.observation import parse_camera_map, prepare_observation
+
+    # The run's spec with the map `recap serve RUN --camera cam_high=top` gives it (without a second load).
+    spec = dataclasses.replace(pi06_policy.spec, camera_map=parse_camera_map(["cam_high=top"]))
+    assert spec.describe()["cameras"] == ["top", "cam_left_wrist"] and spec.describe()["camera_map"] == {"top": "cam_high"}
+    obs = _observation()
+    renamed = {**obs, "images": {"top": obs["images"]["cam_high"], "cam_left_wrist": obs["images"]["cam_left_wrist"]}}
+    # `top` reaches the model exactly where an unmapped server puts `cam_high`.
+    ours, plain = prepare_observation(renamed, spec), prepare_observation(obs, pi06_policy.spec)
+    for key in ("images", "image_masks"):
+        assert set(ours[key]) == set(plain[key]) == {"cam_high", "cam_left_wrist"}
+        for cam in plain[key]:
+            np.testing.assert_array_equal(ours[key][cam], plain[key][cam])
+    # Written the wrong way round: refused before the weights load, naming the run's cameras.
+    with pytest.raises(ServeError, match=r"no camera 'top'; its cameras are \['cam_high', 'cam_left_wrist'\]"):
+        load_policy(runs["pi06"], ServeOptions(camera_map=parse_camera_map(["top=cam_high"])))
+    proc = run_recap("serve", runs["pi06"], "--camera", "front=cam_high", "--port", "0", "--no-preflight", timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "its cameras are ['cam_high', 'cam_left_wrist']" in panel_text(proc.stderr)
+
+
+def test_recap_eval_drives_a_gym_env_with_the_run(runs: dict[str, Path]) -> None:
+    """`recap eval RUN --env`: the run served on loopback, the env's `top` camera mapped to `cam_high`."""
+    proc = run_recap("eval", runs["pi06"], "--env", "tests.sim.tiny_env:TinyReach", "--env-kwargs",
+                     json.dumps({"dim": ACTION_DIM}), "--camera", "cam_high=top", "--episodes", "2", "--max-steps", "4",
+                     "--replan-steps", "3", "--seed", "1", "--json", cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["policy"] == str(runs["pi06"]) and out["episodes"] == 2 and out["replan_steps"] == 3
+    assert [o["seed"] for o in out["outcomes"]] == [1, 2]
+    for episode in out["outcomes"]:  # a 1-step policy rarely reaches the target: check the bookkeeping
+        assert 1 <= episode["length"] <= 4 and episode["chunks"] == -(-episode["length"] // 3)
+        assert episode["success"] == (episode["steps_to_success"] is not None)
 
 
 # Wire tests last: by now both `recap serve` subprocesses have had time to warm up.

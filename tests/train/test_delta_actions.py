@@ -102,6 +102,26 @@ def test_run_records_the_mask_and_delta_norm_stats(delta_run: Path, named_datase
     np.testing.assert_allclose(stats["actions"].mean, want.mean, rtol=1e-6)
 
 
+def test_data_stats_delta_actions_are_the_runs_file(delta_run: Path, named_dataset: Path, tmp_path: Path) -> None:
+    from tests.data.test_output_safety import invoke
+
+    out = tmp_path / "norm_stats.json"
+    horizon = str(TINY_PI0["action_horizon"])
+    code, stdout, err = invoke("data", "stats", named_dataset, "--delta-actions", "--action-horizon", horizon,
+                               "--output", out, "--json")
+    assert code == 0, err
+    run_file = delta_run / "assets" / "norm_stats.json"
+    assert out.read_bytes() == run_file.read_bytes()  # the file a --delta-actions run wrote, byte for byte
+    printed = json.loads(stdout)
+    assert printed["norm_stats"] == json.loads(run_file.read_text())["norm_stats"]
+    assert printed["convention"] == {"actions": "delta", "delta_mask": MASK, "action_horizon": TINY_PI0["action_horizon"]}
+    code, stdout, err = invoke("data", "stats", named_dataset, "--delta-actions", "--action-horizon", horizon)
+    assert code == 0 and "deltas from the current state over chunks of 4" in stdout and "absolute dims: 1, 3" in stdout
+    code, stdout, _ = invoke("data", "stats", named_dataset, "--json")  # without the flag: absolute, not the run's
+    assert json.loads(stdout)["convention"]["actions"] == "absolute"
+    assert json.loads(stdout)["norm_stats"]["actions"] != printed["norm_stats"]["actions"]
+
+
 def test_finetune_inherits_the_mask_and_refuses_another(delta_run: Path, named_dataset: Path) -> None:
     from recap_core.data.dataset import open_dataset
     from recap_core.train.jobs import resolve_delta_actions
