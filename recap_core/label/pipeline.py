@@ -297,6 +297,12 @@ def _resolve_output(info: DatasetInfo, options: LabelOptions) -> Path | None:
         return None
     output = Path(options.output) if options.output is not None else default_output(info.root)
     check_output(output, options.overwrite, inputs=(info.root,))
+    if options.report_dir is not None:  # the dataset is renamed into place at the end: a report inside it would be lost
+        report, target = Path(options.report_dir).resolve(), output.resolve()
+        if report == target or target in report.parents:
+            raise RecapError(f"--report {options.report_dir} lies inside --output {output}: the labelled dataset "
+                             "is written to a temporary directory and renamed into place, so the report would be lost",
+                             fix="put the report outside the output dataset, e.g. beside it")
     return output
 
 

@@ -31,6 +31,7 @@ from recap_core.train.memory import check_step
 from recap_core.train.metrics import MetricsLog
 from recap_core.train.sharding import (
     FSDP_AXIS,
+    barrier,
     local_batch_size,
     make_mesh,
     maybe_initialize_distributed,
@@ -120,28 +121,35 @@ def record_paths(config: RunConfig, run_dir: Path) -> None:
 
 
 def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | bytes], *, resume: bool, overwrite: bool) -> bool:
-    """Create (or, with --resume, reuse) the run directory. Returns True when resuming."""
+    """Create (or, with --resume, reuse) the run directory. Returns True when resuming.
+
+    With several processes, every one decides (new or resumed, and the checks) before process 0
+    creates the directory: a process that checked late saw its peer's new directory and stopped
+    with "already exists", leaving the other waiting in its first collective."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and resume:
+    resuming = run_dir.exists() and resume
+    if resuming:
         if not (run_dir / "config.json").is_file():
             raise CheckpointError(
                 f"--resume: {run_dir} is not a recap run (no config.json)", fix="pass the run's --run-dir"
             )
-        return True
-    check_run_dir(run_dir, config, overwrite=overwrite)
-    config.versions = stack_versions()
-    record_paths(config, run_dir)
-    if jax.process_index() == 0:
-        with atomic_output_dir(run_dir, overwrite=overwrite) as tmp:
-            (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-            for rel, content in assets.items():
-                path = tmp / "assets" / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(content, bytes):
-                    path.write_bytes(content)
-                else:
-                    path.write_text(content)
-            (tmp / "checkpoints").mkdir()
+    else:
+        check_run_dir(run_dir, config, overwrite=overwrite)
+        config.versions = stack_versions()
+        record_paths(config, run_dir)
+    barrier("run directory checked")
+    if resuming or jax.process_index() != 0:
+        return resuming
+    with atomic_output_dir(run_dir, overwrite=overwrite) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+        for rel, content in assets.items():
+            path = tmp / "assets" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        (tmp / "checkpoints").mkdir()
     return False
 
 
@@ -196,6 +204,7 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     mesh = make_mesh(config.fsdp_devices)
     task = job.task
 
+    barrier("checkpoints")  # process 0 has written the directory; orbax syncs every process as it opens it
     ckpts = RunCheckpoints(run_dir / "checkpoints", config.checkpoint)
     start_step = ckpts.latest_step() if resuming else None
     if start_step is not None:
@@ -254,6 +263,7 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
                 step_memory = check_step(compiled_step, state=state, frozen=parts.frozen, inputs=inputs,
                                          devices=list(mesh.devices.flat),
                                          fsdp=mesh.shape[FSDP_AXIS]).get("peak_bytes")
+                barrier("first step")  # its collectives start together however long each compile took
             state, metrics = compiled_step(state, parts.frozen, inputs)
             step += 1
             if step == start_step + 1 or step % config.log_every == 0 or step == config.steps:

@@ -35,6 +35,20 @@ def maybe_initialize_distributed(config: DistributedConfig) -> bool:
     return True
 
 
+def barrier(name: str, timeout_s: int = 900) -> None:
+    """Wait, bounded, until every process of a multi-process job reaches `name` (no-op alone).
+
+    Gloo sets up a collective's context with a fixed 30 s deadline, so two processes that drifted
+    further apart (one starved of CPU while importing or compiling on a busy host) failed their first
+    collective (orbax's directory sync) with DEADLINE_EXCEEDED. This waits on the coordination
+    service instead, whose deadline is ours, so the collective that follows starts together."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the coordination-service client jax.distributed set up
+
+    distributed.global_state.client.wait_at_barrier(f"recap:{name}", timeout_in_ms=timeout_s * 1000)
+
+
 def make_mesh(fsdp_devices: int) -> Mesh:
     n = jax.device_count()
     if fsdp_devices < 1 or n % fsdp_devices:

@@ -47,6 +47,7 @@ def _bad_cases(src, run, policy, plain, tmp):
         ([src, "--checkpoint", run, "--cameras", "cam_nope"], "cam_nope"),
         ([src, "--checkpoint", run, "--output", exists], "already exists"),
         ([src, "--checkpoint", run, "--shard", "3/2"], "--shard"),
+        ([src, "--checkpoint", run, "--output", tmp / "new", "--report", tmp / "new" / "report"], "lies inside --output"),
     ]
 
 
@@ -63,6 +64,7 @@ def test_bad_input_exits_2_and_writes_nothing(src_dataset, toy_value_run, toy_po
     assert tree_hashes(src_dataset) == before
     assert sorted(p.name for p in src_dataset.parent.iterdir()) == siblings
     assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "new").exists()
     assert list((tmp_path / "exists").iterdir()) == []
 
 
