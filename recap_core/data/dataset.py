@@ -102,6 +102,28 @@ class DatasetInfo:
 # Opening
 
 
+def read_meta_record(root: Path, rel: Path, *, key: str, kind: type, writer: str, fix: str) -> dict | None:
+    """A recap sidecar under a dataset's meta/ (`meta/recap_source.json`, `meta/recap_label.json`):
+    None when the dataset has none; a DatasetError naming the file when it is not JSON or lacks
+    `key` of type `kind` (then it was not written by `writer`)."""
+    path = Path(root) / rel
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc})", fix=fix) from exc
+    if not isinstance(record, dict) or not isinstance(record.get(key), kind):
+        what = "text" if kind is str else "object"
+        raise DatasetError(f"{path} has no {key!r} {what}; it was not written by `{writer}`", fix=fix)
+    return record
+
+
+def meta_record_bytes(record: dict) -> bytes:
+    """How such a sidecar is written (strict JSON: NaN is an error, not a token)."""
+    return (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()
+
+
 def read_info_json(root: Path) -> dict:
     """`meta/info.json`, or a DatasetError saying why the directory is not a LeRobot dataset."""
     root = Path(root)

@@ -20,12 +20,11 @@ writes a new dataset without one (its sources may have used different rules).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recap_core.errors import DatasetError
+from recap_core.data.dataset import meta_record_bytes, read_meta_record
 
 SOURCE_RECORD = Path("meta/recap_source.json")
 
@@ -40,20 +39,11 @@ def write_source_record(root: Path, record: dict[str, Any]) -> Path:
     """Write `record` as `root/meta/recap_source.json` (root: a converter's output before its rename)."""
     path = Path(root) / SOURCE_RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    path.write_bytes(meta_record_bytes(record))
     return path
 
 
 def read_source_record(root: Path) -> dict[str, Any] | None:
     """The dataset's `meta/recap_source.json`; None when it has none (not made by a recap converter)."""
-    path = Path(root) / SOURCE_RECORD
-    if not path.is_file():
-        return None
-    fix = "delete it (the dataset then shows no conversion record) or convert the raw episodes again"
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path} is not valid JSON ({exc})", fix=fix) from exc
-    if not isinstance(record, dict) or not isinstance(record.get("success_rule"), str):
-        raise DatasetError(f"{path} has no 'success_rule' text; it was not written by `recap convert`", fix=fix)
-    return record
+    return read_meta_record(root, SOURCE_RECORD, key="success_rule", kind=str, writer="recap convert",
+                            fix="delete it (the dataset then shows no conversion record) or convert the raw episodes again")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recap_core.data.dataset import DatasetInfo, data_files
+from recap_core.data.dataset import DatasetInfo, data_files, meta_record_bytes, read_meta_record
 from recap_core.data.schema import ADV_IND, ADV_VALUES, VALUE_LABEL
 from recap_core.errors import DatasetError
 from recap_core.fsutil import atomic_output_dir, atomic_write_bytes, link_or_copy
@@ -218,22 +218,8 @@ def rewrite_stats(info: DatasetInfo, per_episode: dict) -> dict | None:
 
 def read_label_record(root: Path) -> dict | None:
     """The `meta/recap_label.json` of a dataset labelled by `recap value label`; None when it has none."""
-    path = Path(root) / LABEL_RECORD
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path} is not valid JSON ({exc})",
-                           fix="delete it (its thresholds are then not shown) or label the dataset again") from exc
-    if not isinstance(record, dict) or not isinstance(record.get("thresholds"), dict):
-        raise DatasetError(f"{path} has no 'thresholds' object; it was not written by `recap value label`",
-                           fix="delete it (its thresholds are then not shown) or label the dataset again")
-    return record
-
-
-def _record_bytes(record: dict) -> bytes:
-    return (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()
+    return read_meta_record(root, LABEL_RECORD, key="thresholds", kind=dict, writer="recap value label",
+                            fix="delete it (its thresholds are then not shown) or label the dataset again")
 
 
 def _planned_files(info: DatasetInfo, labels: FrameLabels, record: dict | None = None) -> dict[Path, object]:
@@ -249,7 +235,7 @@ def _planned_files(info: DatasetInfo, labels: FrameLabels, record: dict | None =
     if stats is not None:
         planned[Path("meta/stats.json")] = (json.dumps(stats, indent=4) + "\n").encode()
     if record is not None:
-        planned[LABEL_RECORD] = _record_bytes(record)
+        planned[LABEL_RECORD] = meta_record_bytes(record)
     # info.json last: its rename is what makes the new columns official.
     planned[Path("meta/info.json")] = (json.dumps(rewrite_info(info), indent=4) + "\n").encode()
     return planned

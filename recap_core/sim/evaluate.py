@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +130,21 @@ def evaluate(
     return summarize(spec.name, policy_name, seed, outcomes, videos)
 
 
+def success_stats(outcomes: Sequence[Any]) -> dict[str, Any]:
+    """episodes, successes, success_rate with its Wilson 95% interval (ci_low, ci_high) and
+    mean_length of episodes with `.success` and `.length`: the toy task's and gymnasium's
+    evaluations (`gym_env.summarize_gym`) report them alike."""
+    successes = sum(o.success for o in outcomes)
+    low, high = wilson_interval(successes, len(outcomes))
+    return {"episodes": len(outcomes), "successes": successes, "success_rate": successes / len(outcomes),
+            "ci_low": low, "ci_high": high, "mean_length": float(np.mean([o.length for o in outcomes]))}
+
+
 def summarize(
     task: str, policy: str, seed: int, outcomes: list[EpisodeOutcome], videos: list[str]
 ) -> EvalResult:
-    successes = sum(o.success for o in outcomes)
-    low, high = wilson_interval(successes, len(outcomes))
+    stats = success_stats(outcomes)
+    successes = stats["successes"]
     by_variant: dict[str, dict[str, float]] = {}
     for name in sorted({o.variant for o in outcomes}):
         mine = [o for o in outcomes if o.variant == name]
@@ -144,12 +154,7 @@ def summarize(
         task=task,
         policy=policy,
         seed=seed,
-        episodes=len(outcomes),
-        successes=successes,
-        success_rate=successes / len(outcomes),
-        ci_low=low,
-        ci_high=high,
-        mean_length=float(np.mean([o.length for o in outcomes])),
+        **stats,
         successes_per_1000_steps=1000.0 * successes / max(sum(o.length for o in outcomes), 1),
         mean_steps_to_success=float(np.mean([o.length for o in outcomes if o.success])) if successes else None,
         mistake_rates={m: sum(m in o.mistakes for o in outcomes) / len(outcomes) for m in MISTAKES if m != "none"},

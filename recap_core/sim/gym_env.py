@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from recap_core.errors import ConfigError
-from recap_core.sim.evaluate import wilson_interval
+from recap_core.sim.evaluate import success_stats
 from recap_core.sim.task import PolicyOutputError
 
 DEFAULT_MAX_STEPS = 500  # when the env has no time limit of its own
@@ -308,21 +308,14 @@ def evaluate_gym(
 
 def summarize_gym(env: str, policy: str, seed: int, replan_steps: int, max_steps: int,
                   outcomes: list[GymEpisode]) -> GymEvalResult:
-    successes = sum(o.success for o in outcomes)
-    low, high = wilson_interval(successes, len(outcomes))
     won = [o.steps_to_success for o in outcomes if o.steps_to_success is not None]
     return GymEvalResult(
         env=env,
         policy=policy,
         seed=seed,
-        episodes=len(outcomes),
-        successes=successes,
-        success_rate=successes / len(outcomes),
-        ci_low=low,
-        ci_high=high,
+        **success_stats(outcomes),
         replan_steps=replan_steps,
         max_steps=max_steps,
-        mean_length=float(np.mean([o.length for o in outcomes])),
         max_reward=max(o.max_reward for o in outcomes),
         mean_max_reward=float(np.mean([o.max_reward for o in outcomes])),
         mean_steps_to_success=float(np.mean(won)) if won else None,
