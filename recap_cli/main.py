@@ -40,14 +40,17 @@ app = typer.Typer(
 
 
 def _version(value: bool) -> None:
-    """`recap 0.1.0` on the first line (scripts read it), then the stack a run records."""
+    """`recap 0.1.0` on the first line (scripts read it), then the stack a run records, each marked
+    where it is not the version this release was tested with (its lock)."""
     if value:
-        from recap_core.stack import stack_versions
+        from recap_core.stack import stack_versions, tested_versions
 
         typer.echo(f"recap {__version__}")
+        tested = tested_versions()
         for name, version in stack_versions().items():
             if name != "recap":
-                typer.echo(f"  {name} {version or 'not installed'}")
+                note = "" if tested.get(name) in (None, version) else f"  (tested with {tested[name]})"
+                typer.echo(f"  {name} {version or 'not installed'}{note}")
         raise typer.Exit()
 
 

@@ -128,6 +128,13 @@ class RunConfig(_Section):
     """dtype of the frozen (never updated) params, as openpi's trainer casts them: bfloat16 halves
     the base's memory; trainable params, EMA and optimiser state stay float32. The tiny presets keep
     float32 (their measured results were made so)."""
+    init_rng: Literal["rbg", "threefry2x32"] = "rbg"
+    """PRNG of the random init (`--init random`, and the trainable params of every run). `rbg` is
+    generated in place: initialising pi0.5's 3.35B params needs no more memory than the params
+    themselves, where `threefry2x32` (JAX's default) holds ~18 bytes of temporaries per parameter
+    on CPU (60 GB for pi0.5). The tiny presets keep `threefry2x32` (their measured results were made
+    so). rbg's bits may differ between backends and JAX versions: a random-base run is re-created
+    from its seed, and its fingerprint check says so if they differ."""
     fsdp_devices: int = Field(1, ge=1)
     log_every: int = Field(100, ge=1)
     wandb: Literal["disabled", "online", "offline"] = "disabled"
@@ -176,6 +183,7 @@ def stage_defaults(stage: Stage, preset: str) -> dict[str, Any]:
     if is_tiny(preset):
         out.update(
             frozen_dtype="float32",
+            init_rng="threefry2x32",
             steps=200,
             batch_size=8,
             log_every=10,
@@ -343,4 +351,5 @@ def load_run_config(path: Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid JSON: {exc}", fix="restore config.json from a backup") from exc
     if isinstance(data, dict):
         data.setdefault("frozen_dtype", "float32")  # runs made before frozen_dtype existed kept float32
+        data.setdefault("init_rng", "threefry2x32")  # and JAX's default PRNG before init_rng existed
     return validate_run_config(data, origin=str(path))

@@ -100,7 +100,8 @@ def check_gpu(stage: str, preset: str | None, devices: list[Any] | None = None) 
             devices = jax.devices()
         except RuntimeError as exc:  # a broken CUDA install surfaces here
             return CheckResult("gpu", "fail", f"JAX could not initialise its backend: {exc}",
-                               "reinstall jax for your CUDA version: pip install -U 'jax[cuda12]'",
+                               "reinstall jax for your CUDA version: RECAP_CUDA=12 bash scripts/setup.sh in a clone "
+                               "(the tested CUDA 12 lock), or pip install -U 'recap[cuda12]'",
                                {"xla_env": xla_env})
     platform = devices[0].platform if devices else "none"
     details: dict[str, Any] = {"backend": platform, "device_count": len(devices), "xla_env": xla_env,
@@ -110,7 +111,8 @@ def check_gpu(stage: str, preset: str | None, devices: list[Any] | None = None) 
         msg = f"no GPU: JAX runs on {platform} ({len(devices)} device(s))"
         if real and stage != "serve":
             return CheckResult("gpu", "warn", msg + "; real-size presets are impractically slow on CPU",
-                               "install jax with CUDA (pip install -U 'jax[cuda12]') on a GPU machine, "
+                               "install jax with CUDA on a GPU machine (RECAP_CUDA=12 bash scripts/setup.sh, "
+                               "or pip install 'recap[cuda12]'), "
                                "or use a -tiny preset", details)
         return CheckResult("gpu", "ok", msg, details=details)
     jaxlib = _jaxlib_version()
@@ -135,12 +137,19 @@ def check_gpu(stage: str, preset: str | None, devices: list[Any] | None = None) 
 
 
 def check_versions() -> CheckResult:
-    """recap and its stack, as a run records them (`details` is the table)."""
-    from recap_core.stack import stack_versions
+    """recap and its stack, as a run records them, against the versions this release was tested with
+    (`details`: `installed`, `tested`, and `differs`, one line per package that is not the lock's)."""
+    from recap_core.stack import lock_differences, stack_versions, tested_versions
 
     versions = stack_versions()
+    differs = lock_differences(versions)
     text = ", ".join(f"{name} {version or 'not installed'}" for name, version in versions.items())
-    return CheckResult("versions", "ok", text, details=versions)
+    details = {"installed": versions, "tested": tested_versions(), "differs": differs}
+    if not differs:
+        return CheckResult("versions", "ok", f"{text} (as tested)", details=details)
+    return CheckResult("versions", "warn", f"{text}; not the tested versions: {', '.join(differs)}",
+                       fix="install the tested versions: bash scripts/setup.sh in a clone (requirements/lock.txt), "
+                           "or pip install the versions listed as tested", details=details)
 
 
 def _major(version: str) -> int:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import site
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 RECAP = [sys.executable, "-m", "recap_cli.main"]
+REPO = Path(__file__).resolve().parents[1]
 
 # Property tests draw the same examples on every run, so CI cannot fail by chance on a case nobody
 # changed code for; explore new examples locally with `pytest --hypothesis-profile explore`.
@@ -69,11 +74,12 @@ def panel_text(panel: str) -> str:
 
 
 def run_recap(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600,
-              check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real `recap` CLI in a subprocess (as a user would)."""
+              check: bool = False, command: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real `recap` CLI in a subprocess (as a user would); `command`: another `recap` than this
+    checkout's (e.g. the wheel's, from `wheel_env`)."""
     full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
-    proc = subprocess.run([*RECAP, *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd,
-                          timeout=timeout)
+    proc = subprocess.run([*(command or RECAP), *map(str, args)], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"recap {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -85,6 +91,41 @@ def run_recap_json(*args: str, **kwargs) -> tuple[int, dict]:
         return proc.returncode, json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
         raise AssertionError(f"not JSON on stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}") from exc
+
+
+_WHEEL: list[tuple[Path, dict[str, str]]] = []
+
+
+def wheel_env() -> tuple[Path, dict[str, str]]:
+    """recap as a user who pip-installs it gets it: a wheel built from the files git tracks, installed
+    into a new virtual environment that borrows the locked environment's packages (a path entry, so
+    this checkout's editable install is not seen). Returns that environment's `recap` script and the
+    environment variables to run it with (no PYTHONPATH). Built once per test process."""
+    if _WHEEL:
+        return _WHEEL[0]
+    root = Path(tempfile.mkdtemp(prefix="recap-wheel-"))
+    atexit.register(shutil.rmtree, root, True)
+    tracked = subprocess.run(["git", "ls-files", "-z", "pyproject.toml", "README.md", "recap_core", "recap_cli"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        (root / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / "src" / name)
+    uv = Path(sys.executable).parent / "uv"
+    subprocess.run([str(uv), "build", "-q", "--wheel", "--no-build-isolation", "--python", sys.executable,
+                    "-o", str(root / "wheel"), str(root / "src")], check=True, capture_output=True)
+    venv = root / "venv"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "recap_locked_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    wheel = next((root / "wheel").glob("recap-*.whl"))
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), "--no-deps", "--offline", str(wheel)],
+                   check=True, capture_output=True)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", COLUMNS="200")
+    _WHEEL.append((venv / "bin" / "recap", env))
+    return _WHEEL[0]
 
 
 @pytest.fixture

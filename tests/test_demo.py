@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 
 from recap_core.demo import CORE_ROWS, FULL_ROWS, PLANS, STAGES, DemoRunner
-from tests.conftest import run_recap
+from tests.conftest import run_recap, wheel_env
 
 
 @pytest.mark.slow
 def test_demo_fast_produces_every_artifact(tmp_path: Path):
+    """Run by recap installed from its wheel, from an empty directory (issue 27): nothing it needs may
+    live only in the source tree."""
+    recap, env = wheel_env()
+    (tmp_path / "cwd").mkdir()
     work = tmp_path / "demo"
-    proc = run_recap("demo", "--fast", "--workdir", work, "--json", timeout=1800)
+    proc = run_recap("demo", "--fast", "--workdir", work, "--json", timeout=1800, command=[str(recap)], env=env,
+                     cwd=tmp_path / "cwd")
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout)
     # Data of every stage, in the formats the real tools read.
@@ -44,7 +49,8 @@ def test_demo_fast_produces_every_artifact(tmp_path: Path):
         effect = summary["rows"][stage]["indicator_effect"]
         assert effect["states"] == 32 and effect["sampling_spread"] > 0 and effect["positive_vs_negative"] >= 0
     # Rerunning continues: every stage is already done, nothing is recomputed.
-    again = run_recap("demo", "--fast", "--workdir", work, "--json", timeout=600)
+    again = run_recap("demo", "--fast", "--workdir", work, "--json", timeout=600, command=[str(recap)], env=env,
+                      cwd=tmp_path / "cwd")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "done earlier" in again.stderr
     assert json.loads(again.stdout)["rows"] == summary["rows"]

@@ -26,7 +26,9 @@ README = ROOT / "README.md"
 NOT_RUN = {  # a block's first line -> why the suite does not run it as written
     "bash scripts/demo.sh": "the main job (about 37 minutes); tests/test_demo.py runs its --fast smoke run",
     "bash scripts/test.sh": "the test suite itself",
-    '.venv/bin/pip install -U "jax[cuda12]"': "installs the CUDA build of JAX, for a GPU machine",
+    "RECAP_CUDA=12 bash scripts/setup.sh": "installs the CUDA 12 lock, for a GPU machine",
+    "uv build --wheel -o dist/ .": "installs into the user's environment; tests/test_install.py builds the wheel "
+                                   "from git's files into a new venv and runs recap from an empty directory",
     "for s in 0 1 2; do recap demo --plan full": "the measured seeds: hours of training",
     "for s in 0 1 2; do bash scripts/demo.sh": "the commands of an earlier version (git history)",
     "# on every host i = 0 .. N-1": "placeholders for a cluster; tests/train/test_multiprocess.py runs 2 processes",

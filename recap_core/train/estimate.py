@@ -73,7 +73,7 @@ def analyse(config: RunConfig, *, batch_size: int | None = None) -> dict[str, An
     n = len(devices)
     t0 = time.perf_counter()
     task, inputs = abstract_inputs(config, batch_size, mesh)
-    parts = abstract_parts(task, config.seed, config.frozen_dtype)
+    parts = abstract_parts(task, config.seed, config.frozen_dtype, config.init_rng)
 
     def placed(tree: Any) -> Any:
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,

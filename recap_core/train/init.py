@@ -96,7 +96,7 @@ def build_parts(
     config: RunConfig, task: Task, mesh: Mesh, task_factory: TaskFactory
 ) -> tuple[ModelParts, dict[str, Any]]:
     """The model for a new (or resumed) run, and the identity of its frozen base."""
-    parts = init_parts(task, config.seed, mesh, config.frozen_dtype)
+    parts = init_parts(task, config.seed, mesh, config.frozen_dtype, config.init_rng)
     if config.init == "random":
         base: dict[str, Any] = {"kind": "random", "seed": config.seed}
     elif config.init == "base":
@@ -174,7 +174,7 @@ def parts_to_restore(
     """The model of an existing run, before its checkpoint is restored into it. Only the frozen
     base comes from --init; when nothing is frozen every weight is in the checkpoint, and the --init
     source is neither needed nor looked for (a run works without the run it started from)."""
-    parts = init_parts(task, config.seed, mesh, config.frozen_dtype)
+    parts = init_parts(task, config.seed, mesh, config.frozen_dtype, config.init_rng)
     if config.init == "random" or count_params(parts.frozen) == 0:
         return parts, {"fingerprint": fingerprint(parts.frozen)}
     return build_parts(locate_init(config, run_dir), task, mesh, task_factory)

@@ -57,26 +57,39 @@ def cast_floats(state: nnx.State, dtype: Any) -> nnx.State:
     return jax.tree.map(cast, state)
 
 
-def abstract_parts(task: Task, seed: int, frozen_dtype: Any = None) -> ModelParts:
+def model_rngs(seed: int, rng: str = "threefry2x32") -> nnx.Rngs:
+    """The init's random streams: `rng` is the PRNG implementation (RunConfig.init_rng)."""
+    return nnx.Rngs(jax.random.key(seed, impl=rng))
+
+
+def abstract_parts(task: Task, seed: int, frozen_dtype: Any = None, rng: str = "threefry2x32") -> ModelParts:
     """Shapes and dtypes only: nothing is allocated. `frozen_dtype` (e.g. "bfloat16") is the dtype
     the frozen params are kept in (RunConfig.frozen_dtype); None keeps the model's own."""
-    abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(seed)))
+    abstract = nnx.eval_shape(lambda: task.build_model(model_rngs(seed, rng)))
     graphdef, trainable, frozen = split_model(abstract, task)
     return ModelParts(graphdef, trainable, cast_floats(frozen, frozen_dtype))
 
 
-def init_parts(task: Task, seed: int, mesh: Mesh, frozen_dtype: Any = None) -> ModelParts:
+def init_parts(task: Task, seed: int, mesh: Mesh, frozen_dtype: Any = None, rng: str = "threefry2x32") -> ModelParts:
     """Random init, created straight into sharded device arrays, the frozen params directly in
-    `frozen_dtype` (the float32 init of one leaf at a time is a temporary inside the jit)."""
-    abstract = abstract_parts(task, seed, frozen_dtype)
+    `frozen_dtype`. With `rng="rbg"` each value is generated, scaled and cast in one fused loop, so
+    the init needs little more than the params' own bytes; JAX's default threefry keeps its bits
+    and float32 values of every leaf as temporaries (measured: 4.3 GiB of peak for 0.47 GiB of bf16
+    output on CPU)."""
+    abstract = abstract_parts(task, seed, frozen_dtype, rng)
     shardings = (param_shardings(abstract.trainable, mesh), param_shardings(abstract.frozen, mesh))
+    trainable, frozen = jax.jit(init_fn(task, seed, frozen_dtype, rng), out_shardings=shardings)()
+    return ModelParts(abstract.graphdef, trainable, frozen)
+
+
+def init_fn(task: Task, seed: int, frozen_dtype: Any = None, rng: str = "threefry2x32") -> Any:
+    """The function `init_parts` compiles: () -> (trainable, frozen)."""
 
     def create() -> tuple[nnx.State, nnx.State]:
-        _, trainable, frozen = split_model(task.build_model(nnx.Rngs(seed)), task)
+        _, trainable, frozen = split_model(task.build_model(model_rngs(seed, rng)), task)
         return trainable, cast_floats(frozen, frozen_dtype)
 
-    trainable, frozen = jax.jit(create, out_shardings=shardings)()
-    return ModelParts(abstract.graphdef, trainable, frozen)
+    return create
 
 
 def count_params(tree: Any) -> int:

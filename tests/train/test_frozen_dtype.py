@@ -18,7 +18,7 @@ from recap_core.train.init import load_parts
 from recap_core.train.jobs import build_job
 from recap_core.train.loop import train
 from recap_core.train.sharding import make_mesh
-from recap_core.train.state import abstract_parts, cast_floats, count_params, init_parts
+from recap_core.train.state import abstract_parts, cast_floats, count_params, init_fn, init_parts
 from recap_core.train.step import abstract_train_state
 from tests.conftest import TINY_PI0
 from tests.train.toy import ToyTask, toy_config, toy_job
@@ -43,12 +43,46 @@ def test_defaults_bf16_for_real_presets_f32_for_tiny_and_for_runs_made_before(tm
     assert load_run_config(tmp_path / "config.json").frozen_dtype == "float32"
 
 
+def test_init_rng_rbg_for_real_presets_threefry_for_tiny_and_for_runs_made_before(tmp_path: Path) -> None:
+    assert resolve_run_config("finetune", "pi06-lora", "ds", environ={}).init_rng == "rbg"
+    assert resolve_run_config("value", "value", "ds", environ={}).init_rng == "rbg"
+    tiny = resolve_run_config("value", "value-tiny", "ds", environ={})
+    assert tiny.init_rng == "threefry2x32"
+    old = tiny.model_dump(mode="json")
+    del old["init_rng"]
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert load_run_config(tmp_path / "config.json").init_rng == "threefry2x32"
+
+
+def test_rbg_init_needs_a_fraction_of_threefrys_temporaries_and_is_reproducible() -> None:
+    """Why the real presets initialise with rbg: XLA's analysis of the init itself. Threefry keeps
+    its bits and float32 values of every leaf alive; rbg writes each bf16 value in one fused loop."""
+    task = ToyTask(hidden=512)
+
+    def temp_bytes(rng: str) -> int:
+        compiled = jax.jit(init_fn(task, 0, "bfloat16", rng)).lower().compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    frozen_bytes = sum(x.size * 2 for x in jax.tree.leaves(abstract_parts(task, 0, "bfloat16").frozen))
+    threefry, rbg = temp_bytes("threefry2x32"), temp_bytes("rbg")
+    assert threefry > 2 * frozen_bytes and rbg < threefry / 4, (threefry, rbg, frozen_bytes)
+    mesh = make_mesh(1)
+    a, b = (init_parts(task, 0, mesh, "bfloat16", "rbg") for _ in range(2))
+    c = init_parts(task, 1, mesh, "bfloat16", "rbg")
+    for x, y in zip(jax.tree.leaves(a.frozen), jax.tree.leaves(b.frozen), strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y)) and x.dtype == jnp.bfloat16
+    kernel = (a.frozen["backbone"]["kernel"].value, c.frozen["backbone"]["kernel"].value)
+    assert not np.array_equal(*map(np.asarray, kernel)) and float(jnp.std(kernel[0].astype(jnp.float32))) > 0.01
+
+
 def test_every_leaf_has_its_dtype_after_init_checkpoint_resume_and_load(tmp_path: Path) -> None:
     config = toy_config(steps=3, frozen_dtype="bfloat16")
     mesh = make_mesh(1)
-    parts = init_parts(ToyTask(), config.seed, mesh, config.frozen_dtype)
+    parts = init_parts(ToyTask(), config.seed, mesh, config.frozen_dtype, config.init_rng)
     assert _dtypes(parts.frozen) == {"bfloat16"} and _dtypes(parts.trainable) == {"float32"}
-    abstract = abstract_parts(ToyTask(), config.seed, config.frozen_dtype)
+    abstract = abstract_parts(ToyTask(), config.seed, config.frozen_dtype, config.init_rng)
     assert _dtypes(abstract.frozen) == {"bfloat16"} and _dtypes(abstract.trainable) == {"float32"}
 
     train(toy_job(config), config, tmp_path / "run")

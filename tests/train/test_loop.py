@@ -46,7 +46,7 @@ def test_frozen_params_stay_bit_identical_and_only_trainable_params_are_saved(tm
     trained = load_parts(tmp_path / "run", None, mesh, task_factory=lambda c: ToyTask())
     from recap_core.train.state import init_parts
 
-    initial = init_parts(ToyTask(), config.seed, mesh, config.frozen_dtype)
+    initial = init_parts(ToyTask(), config.seed, mesh, config.frozen_dtype, config.init_rng)
     for a, b in zip(jax.tree.leaves(initial.frozen), jax.tree.leaves(trained.frozen), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not all(

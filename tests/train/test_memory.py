@@ -53,7 +53,7 @@ def value_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ds = make_dataset(root / "ds", episodes=2, frames=6)
     real = config.model_copy(update={"dataset": str(ds)})
     job = build_job(real, root / "run", resuming=False)
-    parts = init_parts(job.task, real.seed, make_mesh(1), real.frozen_dtype)
+    parts = init_parts(job.task, real.seed, make_mesh(1), real.frozen_dtype, real.init_rng)
     state = init_train_state(parts, real)
     return {"predicted": predicted, "state": state, "frozen": parts.frozen}
 

@@ -71,7 +71,7 @@ def test_load_into_parts_fills_real_model_parts(tmp_path: Path) -> None:
 
     model = {**preset_model("sft", "pi05-tiny"), "train_vision": False}
     config = resolve_run_config("sft", "pi05-tiny", "ds", model=model, sets=["frozen_dtype=bfloat16"])
-    parts = init_parts(task_for_config(config), config.seed, make_mesh(1), config.frozen_dtype)
+    parts = init_parts(task_for_config(config), config.seed, make_mesh(1), config.frozen_dtype, config.init_rng)
     sentinels = sentinel_params(parts_pure_dict(parts))
     save_openpi_checkpoint(tmp_path / "ck", sentinels)
     filled, base = pi05_base.load_into_parts(config, parts, make_mesh(1), path=tmp_path / "ck")
