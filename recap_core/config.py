@@ -84,6 +84,12 @@ class DataConfig(_Section):
     config.json records the resolved mask."""
     success_only: bool = False
     """Train (and validate) only on episodes that succeeded: filtered behaviour cloning."""
+    shards: int | None = Field(None, ge=1)
+    """Data shards: episodes are dealt to shards and each process serves its consecutive share, so
+    the global batches depend on the shards, not on how many processes serve them (a multiple of
+    the process count; it divides the batch). Unset: one per process. Set it to the total device
+    count to get the same batches, losses and resumes under any process layout (2 hosts x 2 GPUs
+    as 1 x 4); each process then holds its shards' decoded episodes."""
 
 
 class DistributedConfig(_Section):

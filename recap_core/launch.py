@@ -69,6 +69,11 @@ def prepare_stage(
         config = load_run_config(run_dir / "config.json")
         if steps is not None:
             config.steps = steps
+        # How this launch joins a multi-process job is the launch's, not the run's: the recorded
+        # section is process 0's (its process_id, an old coordinator port).
+        config.distributed = resolve_run_config(
+            stage, config.preset, dataset, config_file=config_file,
+            sets=[s for s in sets if s.startswith("distributed.")], model=preset_model(stage, config.preset)).distributed
         if config.stage != stage:
             raise ConfigError(f"{run_dir} is a `{config.stage}` run, not `{stage}`",
                               fix="resume it with the command that started it")

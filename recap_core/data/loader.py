@@ -26,11 +26,15 @@ of 500 frames and 3 cameras at 224x224: ~3.6 GB; lower `shuffle_episodes` on sma
 "episodes shuffled globally, frames shuffled within a block": a batch mixes up to
 `shuffle_episodes` episodes. Tabular-only loading (`load_images=False`) skips the videos entirely.
 
-Determinism and sharding. The order is a pure function of (seed, epoch, process): the episode
-permutation of an epoch is the same on every process, episodes are dealt to processes so their
-frame counts stay balanced, and every process yields the same number of batches per epoch
-(the smallest share, `drop_last`). `batch_size` is the global batch; each process yields
-`batch_size // process_count` rows and reads only its own episodes. `state_dict()` is the position
+Determinism and sharding. The data is split into `shard_count` shards (default: one per process),
+and the order is a pure function of (seed, epoch, shard): the episode permutation of an epoch is the
+same on every process, episodes are dealt to shards so their frame counts stay balanced, and every
+shard yields the same number of rows per epoch (the smallest share, `drop_last`). `batch_size` is
+the global batch, `batch_size // shard_count` rows from each shard; process p serves the
+consecutive shards p*k .. p*k+k-1 (k = shard_count // process_count), its local batch being their
+rows in that order, and reads only their episodes. Because the shards do not depend on how many
+processes serve them, 1 process x 4 devices and 2 processes x 2 devices with the same `shard_count`
+build the same global batches (the devices of process p come after those of process p-1). `state_dict()` is the position
 of the next batch, so a run resumed with `load_state_dict()` sees exactly the batches it would have.
 `LoaderConfig.episodes` restricts all of this to some episodes (the train or the validation side
 of `recap_core.train.validation.split_episodes`); other episodes are never yielded or decoded.
@@ -354,6 +358,7 @@ class LoaderConfig:
     num_epochs: int | None = None  # None: iterate forever
     process_index: int = 0
     process_count: int = 1
+    shard_count: int | None = None  # data shards (a multiple of process_count); None: one per process
     state_key: str = "observation.state"
     action_key: str = "action"
     episodes: tuple[int, ...] | None = None  # episode_index values to load (a train/val split); None: all
@@ -373,15 +378,21 @@ class TrainLoader:
             cameras=config.cameras if config.load_images else (),
         )
         self.cameras: tuple[str, ...] = self.frames.camera_keys
-        self.local_batch_size = config.batch_size // config.process_count
+        self.shard_count = config.shard_count or config.process_count
+        per_process = self.shard_count // config.process_count
+        self.shards = tuple(range(config.process_index * per_process, (config.process_index + 1) * per_process))
+        """The shards this process serves, in the order its local batch holds them."""
+        self.shard_batch_size = config.batch_size // self.shard_count
+        self.local_batch_size = self.shard_batch_size * len(self.shards)
         self.episode_positions = self._selected_positions()
         self.num_episodes = len(self.episode_positions)
         self.num_frames = int(self.frames.lengths[self.episode_positions].sum())
-        if self.num_episodes < config.process_count:
+        if self.num_episodes < self.shard_count:
+            who = "processes" if self.shard_count == config.process_count else "data shards"
             raise DatasetError(
                 f"dataset {self.root} has {self.num_episodes} episodes{self._selection_note()}, fewer than the "
-                f"{config.process_count} processes that share it",
-                fix="use fewer processes or a dataset with more episodes",
+                f"{self.shard_count} {who} that share it",
+                fix=f"use fewer {who} or a dataset with more episodes",
             )
         self._position = (0, 0)  # (epoch, batch within epoch) of the next batch to yield
         self._order_cache: dict[int, np.ndarray] = {}
@@ -409,14 +420,14 @@ class TrainLoader:
 
     # ----- epoch order and sharding ------------------------------------------------------------
     def _episode_owner(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(episode permutation of this epoch, owning process of each position in it)."""
+        """(episode permutation of this epoch, owning shard of each position in it)."""
         chosen = self.episode_positions
         n = len(chosen)
         cfg = self.config
         perm = chosen[np.random.default_rng([cfg.seed, epoch]).permutation(n)] if cfg.shuffle else chosen
-        # Deal episodes to the process with the fewest frames so far: shares stay balanced even
+        # Deal episodes to the shard with the fewest frames so far: shares stay balanced even
         # when episode lengths differ a lot, and every process computes the same assignment.
-        load = np.zeros(cfg.process_count, dtype=np.int64)
+        load = np.zeros(self.shard_count, dtype=np.int64)
         owner = np.empty(n, dtype=np.int64)
         for pos, ep in enumerate(perm):
             p = int(np.argmin(load))
@@ -426,15 +437,15 @@ class TrainLoader:
 
     def _steps_in_epoch(self, epoch: int) -> int:
         perm, owner = self._episode_owner(epoch)
-        frames = np.bincount(owner, weights=self.frames.lengths[perm], minlength=self.config.process_count)
-        return int(frames.min()) // self.local_batch_size
+        frames = np.bincount(owner, weights=self.frames.lengths[perm], minlength=self.shard_count)
+        return int(frames.min()) // self.shard_batch_size
 
     def _steps_per_epoch(self) -> int:
         steps = self._steps_in_epoch(0)
         if steps == 0:
             raise DatasetError(
                 f"dataset {self.root} has {self.num_frames} frames{self._selection_note()}: too few for one batch of "
-                f"{self.local_batch_size} per process ({self.config.process_count} processes)",
+                f"{self.shard_batch_size} per data shard ({self.shard_count} shards)",
                 fix="lower --batch-size or add episodes",
             )
         return steps
@@ -445,15 +456,19 @@ class TrainLoader:
             return self._order_cache[epoch]
         cfg = self.config
         perm, owner = self._episode_owner(epoch)
-        mine = perm[owner == cfg.process_index]
-        parts = []
-        for b, start in enumerate(range(0, len(mine), cfg.shuffle_episodes)):
-            rows = np.concatenate([self.frames.episode_rows(ep) for ep in mine[start : start + cfg.shuffle_episodes]])
-            if cfg.shuffle:
-                np.random.default_rng([cfg.seed, epoch, cfg.process_index, b]).shuffle(rows)
-            parts.append(rows)
-        steps = self._steps_in_epoch(epoch)
-        order = np.concatenate(parts)[: steps * self.local_batch_size]
+        steps, per_shard = self._steps_in_epoch(epoch), self.shard_batch_size
+        shard_orders = []
+        for shard in self.shards:
+            mine = perm[owner == shard]
+            parts = []
+            for b, start in enumerate(range(0, len(mine), cfg.shuffle_episodes)):
+                rows = np.concatenate([self.frames.episode_rows(ep) for ep in mine[start : start + cfg.shuffle_episodes]])
+                if cfg.shuffle:
+                    np.random.default_rng([cfg.seed, epoch, shard, b]).shuffle(rows)
+                parts.append(rows)
+            shard_orders.append(np.concatenate(parts)[: steps * per_shard].reshape(steps, per_shard))
+        # batch s: shard 0's rows of step s, then shard 1's, ... (one shard: its order as it is)
+        order = np.concatenate(shard_orders, axis=1).reshape(-1)
         self._order_cache = {epoch: order}  # one epoch at a time; orders are cheap to rebuild
         return order
 
@@ -468,6 +483,7 @@ class TrainLoader:
             "batch_size": self.config.batch_size,
             "process_index": self.config.process_index,
             "process_count": self.config.process_count,
+            "shard_count": self.shard_count,
             "num_frames": self.num_frames,
             "num_episodes": self.num_episodes,
         }
@@ -475,11 +491,15 @@ class TrainLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from a saved position: the next batch is the one that followed it."""
         mine = self.state_dict()
-        for key in ("seed", "batch_size", "process_index", "process_count", "num_frames", "num_episodes"):
+        state = {"shard_count": state.get("process_count", 1), **state}  # saved before shards existed
+        # The position is the same on every process (process 0 saved it), and the data of a position
+        # depends on the shards, not on how many processes serve them.
+        for key in ("seed", "batch_size", "shard_count", "num_frames", "num_episodes"):
             if key in state and int(state[key]) != mine[key]:
                 raise LoaderStateError(
                     f"saved loader position has {key}={state[key]}, this loader has {mine[key]}",
-                    fix="resume with the same dataset, seed, batch size and process layout as the saved run",
+                    fix="resume with the same dataset, seed, batch size and data shards as the saved run "
+                        "(data.shards, or as many processes when it is unset)",
                 )
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
         if not 0 <= step <= self.steps_per_epoch:
@@ -654,6 +674,13 @@ def _check_config(cfg: LoaderConfig) -> None:
         bad(
             f"batch size {cfg.batch_size} is not a positive multiple of the {cfg.process_count} processes",
             "use a batch size divisible by the number of processes",
+        )
+    shards = cfg.shard_count or cfg.process_count
+    if shards < 1 or shards % cfg.process_count or cfg.batch_size % shards:
+        bad(
+            f"data.shards={cfg.shard_count} must be a multiple of the {cfg.process_count} processes and divide "
+            f"the batch size {cfg.batch_size}",
+            "set data.shards to the total device count (or leave it unset: one shard per process)",
         )
     if cfg.action_horizon < 1:
         bad(f"action horizon {cfg.action_horizon} must be at least 1", "use the model's action_horizon")

@@ -7,6 +7,7 @@ tokenizer come from, and how the episodes are split into train and validation.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def _loader(root: Path, config: RunConfig, task: Task, episodes: list[int] | Non
         num_epochs=None if train else 1,  # validation reads the held-out episodes once, in order
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        shard_count=config.data.shards,
         episodes=None if episodes is None else tuple(episodes),
     ))
 
@@ -118,16 +120,16 @@ def val_batch_size(config: RunConfig, val_frames: int) -> int:
 
     It stays a multiple of the device count, which the data-parallel mesh needs.
     """
-    devices = jax.device_count()
-    fits = min(config.batch_size, val_frames // devices * devices)
-    return fits if fits >= devices else 0
+    unit = math.lcm(jax.device_count(), config.data.shards or 1)  # every device and data shard gets rows
+    fits = min(config.batch_size, val_frames // unit * unit)
+    return fits if fits >= unit else 0
 
 
 def _val_batches(root: Path, config: RunConfig, task: Task, val_eps: list[int],
                  lengths: dict[int, int]) -> Callable[[], Iterator[Batch]] | None:
     """A fresh pass over the held-out episodes each time validation runs (None: nothing to hold out)."""
     batch_size = val_batch_size(config, sum(lengths[e] for e in val_eps))
-    if not val_eps or not batch_size or len(val_eps) < jax.process_count():
+    if not val_eps or not batch_size or len(val_eps) < max(jax.process_count(), config.data.shards or 1):
         return None
     loader = _loader(root, config, task, val_eps, train=False, batch_size=batch_size)
     start = loader.state_dict()

@@ -153,9 +153,18 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, assets: dict[str, str | by
     return False
 
 
-def _host_rng(config: RunConfig, step: int) -> np.random.Generator:
-    """Host-side randomness (prompt dropout) keyed by (seed, step, process): resumes exactly."""
-    return np.random.default_rng([config.seed, step, jax.process_index()])
+def _step_inputs(task: Task, batch: Batch, config: RunConfig, step: int, shards: tuple[int, ...]) -> Any:
+    """The model inputs of this process's batch. Host-side randomness (prompt dropout) is drawn per
+    data shard, keyed by (seed, step, shard), over that shard's rows: it resumes exactly and does not
+    depend on how many processes serve the shards (one shard per process: the process index)."""
+    if len(shards) == 1:
+        return task.make_inputs(batch, np.random.default_rng([config.seed, step, shards[0]]), train=True)
+    rows = len(next(iter(jax.tree.leaves(batch))))
+    per = rows // len(shards)
+    parts = [task.make_inputs(jax.tree.map(lambda x, i=i: x[i * per:(i + 1) * per], batch),
+                              np.random.default_rng([config.seed, step, shard]), train=True)
+             for i, shard in enumerate(shards)]
+    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
 
 
 def _batches(source: BatchSource) -> Iterator[Batch]:
@@ -229,6 +238,7 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     eval_loss = make_eval_loss(task, parts)
     log = MetricsLog(run_dir, config, enabled=jax.process_index() == 0)
     batches = _batches(job.train_data)
+    shards = tuple(getattr(job.train_data, "shards", (jax.process_index(),)))
 
     best = RunRef(run_dir).best() if resuming else None
     saved_at: int | None = None
@@ -257,7 +267,7 @@ def _train_in(job: TrainingJob, config: RunConfig, run_dir: Path, resuming: bool
     try:
         while step < config.steps:
             batch = next(batches)
-            inputs = to_global(task.make_inputs(batch, _host_rng(config, step), train=True), mesh)
+            inputs = to_global(_step_inputs(task, batch, config, step, shards), mesh)
             if compiled_step is None:  # compiled once, ahead of time, so its memory is checked before it runs
                 compiled_step = train_step.lower(state, parts.frozen, inputs).compile()
                 step_memory = check_step(compiled_step, state=state, frozen=parts.frozen, inputs=inputs,

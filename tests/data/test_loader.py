@@ -131,6 +131,34 @@ def test_process_shards_are_disjoint_and_equal_length(tiny_dataset_two_tasks: Pa
         assert not eps[0] & eps[1]
 
 
+def test_data_shards_make_global_batches_independent_of_the_process_layout(tiny_dataset_two_tasks: Path) -> None:
+    """data.shards=2: one process serving both shards and two processes serving one each build the
+    same global batches (process 0's rows first), each process reading only its shards' episodes; a
+    position saved by process 0 resumes both processes, and under either layout."""
+    one = tabular(tiny_dataset_two_tasks, batch_size=4, shard_count=2, seed=5)
+    two = [tabular(tiny_dataset_two_tasks, batch_size=4, shard_count=2, seed=5, process_index=p, process_count=2)
+           for p in (0, 1)]
+    assert (one.shards, two[0].shards, two[1].shards) == ((0, 1), (0,), (1,))
+    assert one.steps_per_epoch == two[0].steps_per_epoch == two[1].steps_per_epoch > 0
+    for epoch in (0, 1):
+        joint = np.concatenate([o.epoch_order(epoch).reshape(-1, 2) for o in two], axis=1).reshape(-1)
+        assert np.array_equal(one.epoch_order(epoch), joint)
+        eps = [set(o.frames.row_episode[o.epoch_order(epoch)].tolist()) for o in two]
+        assert eps[0] and eps[1] and not eps[0] & eps[1]
+    # Without data.shards, one shard per process: the single-process order is not the two-process one.
+    plain = tabular(tiny_dataset_two_tasks, batch_size=4, seed=5)
+    assert not np.array_equal(plain.epoch_order(0), one.epoch_order(0))
+    take(two[0], 3)
+    saved = two[0].state_dict()
+    for loader in (two[1], tabular(tiny_dataset_two_tasks, batch_size=4, shard_count=2, seed=5)):
+        loader.load_state_dict(saved)
+        assert loader.state_dict()["step_in_epoch"] == 3
+    with pytest.raises(LoaderStateError, match="shard_count=2"):
+        plain.load_state_dict(saved)
+    with pytest.raises(RecapError, match=r"data\.shards=3"):
+        tabular(tiny_dataset_two_tasks, batch_size=4, shard_count=3, process_count=2)
+
+
 def test_resume_continues_exactly(tiny_dataset_two_tasks: Path) -> None:
     full = [b["index"] for b in take(tabular(tiny_dataset_two_tasks, seed=7), 15)]
     first = tabular(tiny_dataset_two_tasks, seed=7)
