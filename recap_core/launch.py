@@ -10,7 +10,8 @@ progress bars and printing; the demo and library users call the same two functio
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,30 @@ def _follow_moves(config: RunConfig, run_dir: Path, dataset: Path, warn: Say) ->
     elif recorded.exists() and dataset.exists() and recorded.resolve() != dataset.resolve():
         warn(f"--resume uses the run's own dataset {recorded}, not {dataset}")
     return locate_init(config, run_dir)
+
+
+LAUNCHER_TASKS = {  # a launcher's variable for the number of tasks it started, and for this task's index
+    "SLURM_NTASKS": "SLURM_PROCID",
+    "OMPI_COMM_WORLD_SIZE": "OMPI_COMM_WORLD_RANK",
+    "PMI_SIZE": "PMI_RANK",
+    "WORLD_SIZE": "RANK",  # torchrun
+    "RECAP_RUN__DISTRIBUTED__NUM_PROCESSES": "RECAP_RUN__DISTRIBUTED__PROCESS_ID",
+}
+
+
+def refuse_multi_task_launch(command: str, environ: Mapping[str, str] | None = None) -> None:
+    """`command` runs as one process on its local devices: started N times by a cluster launcher,
+    each copy would do the whole job and write the same output. Refuse, naming the variable and the
+    two ways that work."""
+    environ = os.environ if environ is None else environ
+    for size, rank in LAUNCHER_TASKS.items():
+        value = environ.get(size, "")
+        if value.isdigit() and int(value) > 1:
+            raise ConfigError(
+                f"{command} runs as one process on all its local devices, but {size}={value}: a launcher "
+                f"started {value} copies, and each would label the whole dataset into the same output",
+                fix=f"run it once (e.g. srun -n 1), or give each copy its share and merge: --shard ${rank}/${size} "
+                    "--cache DIR_$" + rank + ", then once: --merge-shards DIR_0 ... --output OUT")
 
 
 def run_prepared(

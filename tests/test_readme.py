@@ -32,6 +32,8 @@ NOT_RUN = {  # a block's first line -> why the suite does not run it as written
     "for s in 0 1 2; do recap demo --plan full": "the measured seeds: hours of training",
     "for s in 0 1 2; do bash scripts/demo.sh": "the commands of an earlier version (git history)",
     "# on every host i = 0 .. N-1": "placeholders for a cluster; tests/train/test_multiprocess.py runs 2 processes",
+    "# on each host i = 0 .. N-1": "placeholders for a cluster; tests/label/test_pipeline.py merges 3 shards "
+                                   "into the one-process result",
     "pip install 'recap[aloha]'": "the optional gym-aloha extra (MuJoCo); tests/sim/test_gym_eval.py runs --env on a small env",
     "recap doctor --stage finetune --preset pi06-lora --batch-size 32":
         "compiles the 3.35B train step twice (about 40 s each); tests/train/test_memory.py runs the same on tiny presets",

@@ -65,12 +65,19 @@ def label(
 
     Writes a new dataset (videos hardlinked) with adv_ind rewritten and audit columns value_pred
     and advantage; predictions are cached, so a crashed run resumes and a rerun is free.
+    One process predicts on all its local devices; on several machines, run --shard i/n on each,
+    then --merge-shards once (the merged dataset is identical to a one-process run's).
 
     Example:  recap value label data/vial_rollouts --checkpoint runs/value --top-percent 30 --report report/
     """
     from recap_core.label.advantage import check_lookahead
     from recap_core.label.pipeline import LabelOptions, label_with_checkpoint
     from recap_core.label.predict import parse_shard
+
+    if shard is None and not merge_shards:
+        from recap_core.launch import refuse_multi_task_launch
+
+        refuse_multi_task_launch("recap value label")
 
     options = LabelOptions(
         top_percent=top_percent, lookahead=check_lookahead(lookahead), per_task=per_task, use_ema=use_ema,

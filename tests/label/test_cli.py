@@ -15,9 +15,10 @@ from tests.label.conftest import tree_hashes
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
 
 
-def recap(*args: str) -> subprocess.CompletedProcess:
+def recap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "recap_cli.main", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120
+        [sys.executable, "-m", "recap_cli.main", *map(str, args)], capture_output=True, text=True,
+        env={**ENV, **(env or {})}, timeout=120
     )
 
 
@@ -78,3 +79,21 @@ def test_merge_shards_of_another_checkpoint_is_refused(src_dataset, toy_value_ru
     assert "different" in " ".join(res.stderr.split())
     assert not (tmp_path / "out").exists()
 
+
+
+def test_label_started_by_a_launcher_several_times_is_refused(src_dataset, toy_value_run, tmp_path):
+    """Under `srun -n 4` every copy would label the whole dataset into the same output: refused,
+    with the --shard/--merge-shards recipe; one task (or no launcher) runs."""
+    from recap_core.errors import ConfigError
+    from recap_core.launch import refuse_multi_task_launch
+
+    siblings = sorted(p.name for p in src_dataset.parent.iterdir())
+    res = recap("value", "label", src_dataset, "--checkpoint", toy_value_run, "--no-preflight",
+                "--cache", tmp_path / "cache", env={"SLURM_NTASKS": "4", "SLURM_PROCID": "1"})
+    text = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "SLURM_NTASKS=4" in text, res.stderr
+    assert "--shard $SLURM_PROCID/$SLURM_NTASKS" in text and "--merge-shards" in text
+    assert not (tmp_path / "cache").exists() and sorted(p.name for p in src_dataset.parent.iterdir()) == siblings
+    refuse_multi_task_launch("x", {"SLURM_NTASKS": "1", "WORLD_SIZE": "1"})  # one task: fine
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
+        refuse_multi_task_launch("x", {"WORLD_SIZE": "2"})
