@@ -17,6 +17,7 @@ import numpy as np
 from recap_core.data.dataset import DatasetInfo
 from recap_core.label.checkpoint import ValueCheckpoint
 from recap_core.label.predict import Batch, InferenceFrames, PredictFn, PredictorFactory
+from recap_core.runtime import compiler_options
 
 ForwardFn = Callable[[Any, dict[str, Any]], Any]
 DEFAULT_IMAGE_SIZE = (224, 224)
@@ -37,9 +38,10 @@ def make_predict_fn(task: Any, model: Any, mesh: Any, forward: ForwardFn = _call
     data_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
-    @jax.jit
     def run(state: Any, inputs: dict[str, Any]) -> Any:
         return forward(nnx.merge(graphdef, state), inputs)
+
+    run = jax.jit(run, compiler_options=compiler_options())
 
     rng = np.random.default_rng(0)  # make_inputs(train=False) draws nothing; the API wants one
 

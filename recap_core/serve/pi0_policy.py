@@ -26,6 +26,7 @@ import numpy as np
 from recap_core.config import RunConfig, load_run_config
 from recap_core.data.stats import ACTIONS, STATE, load_norm_stats
 from recap_core.errors import CheckpointError, RecapError, ServeError
+from recap_core.runtime import compiler_options
 from recap_core.serve.loading import RunCheckpoint, ServeOptions, register_policy_builder
 from recap_core.serve.observation import ObservationSpec
 from recap_core.serve.policy import ModelPolicy
@@ -65,7 +66,7 @@ class Pi0Sampler:
             return model.sample_actions(jax.random.key(0), inputs, num_steps=num_steps, cfg_beta=cfg_beta,
                                         noise=noise)
 
-        self._sample = jax.jit(sample)
+        self._sample = jax.jit(sample, compiler_options=compiler_options())
         self._noise_rng = np.random.default_rng(seed)
         self._lock = threading.Lock()  # the server may run more than one inference worker
 

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from recap_core.config import RunConfig
+from recap_core.runtime import compiler_options
 from recap_core.train.checkpoint import abstract_like
 from recap_core.train.optim import make_optimizer, make_schedule
 from recap_core.train.state import ModelParts
@@ -127,8 +128,8 @@ def make_train_step(task: Task, parts: ModelParts, config: RunConfig) -> Callabl
     # over fsdp alike), so the step compiled ahead of time takes its own output as its next input.
     shardings = _state_shardings(_state_builder(config), abstract_like(parts.trainable))
     if shardings is None:
-        return jax.jit(step, donate_argnums=(0,))
-    return jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
+        return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options())
+    return jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None), compiler_options=compiler_options())
 
 
 def make_eval_loss(task: Task, parts: ModelParts) -> Callable[..., Any]:
@@ -138,7 +139,7 @@ def make_eval_loss(task: Task, parts: ModelParts) -> Callable[..., Any]:
         loss, metrics = task.loss(nnx.merge(graphdef, params, frozen), inputs, rng)
         return {**metrics, "loss": loss}
 
-    return jax.jit(eval_loss)
+    return jax.jit(eval_loss, compiler_options=compiler_options())
 
 
 def abstract_train_state(parts: ModelParts, config: RunConfig) -> Any:

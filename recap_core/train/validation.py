@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from recap_core.config import RunConfig
+from recap_core.runtime import compiler_options
 from recap_core.train.sharding import to_global
 from recap_core.train.state import ModelParts
 from recap_core.train.task import Batch, Task
@@ -94,7 +95,8 @@ def run_validation(
     eval_outputs = None
     if hasattr(task, "eval_outputs"):
         graphdef = parts.graphdef
-        eval_outputs = jax.jit(lambda p, f, x: task.eval_outputs(nnx.merge(graphdef, p, f), x))
+        eval_outputs = jax.jit(lambda p, f, x: task.eval_outputs(nnx.merge(graphdef, p, f), x),
+                               compiler_options=compiler_options())
     for i, batch in enumerate(batches):
         if i >= config.val.max_batches:
             break
