@@ -21,7 +21,8 @@ import json, re
 from importlib import metadata
 from pathlib import Path
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-lock = {norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", Path("requirements/lock.txt").read_text(), re.M)}
+text = Path("requirements/lock.txt").read_text() + Path("requirements/tools.txt").read_text()
+lock = {norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", text, re.M)}
 now = {norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
 print(json.dumps({n: [lock.get(n), now.get(n)] for n in sorted(set(lock) | set(now))
                   if n != "recap" and lock.get(n) != now.get(n)}))
