@@ -41,7 +41,7 @@ def make_predict_fn(task: Any, model: Any, mesh: Any, forward: ForwardFn = _call
     def run(state: Any, inputs: dict[str, Any]) -> Any:
         return forward(nnx.merge(graphdef, state), inputs)
 
-    run = jax.jit(run, compiler_options=compiler_options())
+    run = jax.jit(run, compiler_options=compiler_options(state))
 
     rng = np.random.default_rng(0)  # make_inputs(train=False) draws nothing; the API wants one
 

@@ -66,7 +66,7 @@ class Pi0Sampler:
             return model.sample_actions(jax.random.key(0), inputs, num_steps=num_steps, cfg_beta=cfg_beta,
                                         noise=noise)
 
-        self._sample = jax.jit(sample, compiler_options=compiler_options())
+        self._sample = jax.jit(sample, compiler_options=compiler_options(parts.frozen))
         self._noise_rng = np.random.default_rng(seed)
         self._lock = threading.Lock()  # the server may run more than one inference worker
 

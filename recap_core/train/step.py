@@ -128,8 +128,9 @@ def make_train_step(task: Task, parts: ModelParts, config: RunConfig) -> Callabl
     # over fsdp alike), so the step compiled ahead of time takes its own output as its next input.
     shardings = _state_shardings(_state_builder(config), abstract_like(parts.trainable))
     if shardings is None:
-        return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options())
-    return jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None), compiler_options=compiler_options())
+        return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options(parts.frozen))
+    return jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None),
+                   compiler_options=compiler_options(parts.frozen))
 
 
 def make_eval_loss(task: Task, parts: ModelParts) -> Callable[..., Any]:
@@ -139,7 +140,7 @@ def make_eval_loss(task: Task, parts: ModelParts) -> Callable[..., Any]:
         loss, metrics = task.loss(nnx.merge(graphdef, params, frozen), inputs, rng)
         return {**metrics, "loss": loss}
 
-    return jax.jit(eval_loss, compiler_options=compiler_options())
+    return jax.jit(eval_loss, compiler_options=compiler_options(parts.frozen))
 
 
 def abstract_train_state(parts: ModelParts, config: RunConfig) -> Any:

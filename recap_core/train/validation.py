@@ -96,7 +96,7 @@ def run_validation(
     if hasattr(task, "eval_outputs"):
         graphdef = parts.graphdef
         eval_outputs = jax.jit(lambda p, f, x: task.eval_outputs(nnx.merge(graphdef, p, f), x),
-                               compiler_options=compiler_options())
+                               compiler_options=compiler_options(parts.frozen))
     for i, batch in enumerate(batches):
         if i >= config.val.max_batches:
             break

@@ -143,12 +143,15 @@ def test_a_bf16_base_is_not_copied_to_float32_by_the_cpu_compiler(tmp_path: Path
     out of the scan over layers (an f32 copy of the whole frozen base: temporaries ~2.7x the base's
     bytes). The step is compiled with `runtime.compiler_options()`, so the temporaries stay well
     under the base's own bytes."""
+    import jax.numpy as jnp
+
     from recap_core.models import gemma
     from recap_core.models import lora as lora_lib
     from recap_core.models.tokenizer import build_toy_tokenizer
     from recap_core.runtime import compiler_options
 
-    assert compiler_options() == {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+    assert compiler_options({"w": jnp.zeros(2, jnp.bfloat16)}) == {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+    assert compiler_options({"w": jnp.zeros(2, jnp.float32)}) == {}  # float32 models keep the pass
     lora = lora_lib.LoRAConfig(4, 4.0)
     monkeypatch.setitem(gemma.VARIANTS, "wide_lora", gemma.GemmaConfig(
         width=512, depth=4, mlp_dim=4096, num_heads=4, num_kv_heads=1, head_dim=64, attn_lora=lora, ffn_lora=lora))
