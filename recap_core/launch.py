@@ -127,7 +127,7 @@ def refuse_multi_task_launch(command: str, environ: Mapping[str, str] | None = N
                 f"{command} runs as one process on all its local devices, but {size}={value}: a launcher "
                 f"started {value} copies, and each would label the whole dataset into the same output",
                 fix=f"run it once (e.g. srun -n 1), or give each copy its share and merge: --shard ${rank}/${size} "
-                    "--cache DIR_$" + rank + ", then once: --merge-shards DIR_0 ... --output OUT")
+                    f"--cache DIR_${rank}, then once: --merge-shards DIR_0 ... --output OUT")
 
 
 def run_prepared(

@@ -21,10 +21,10 @@ common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate
 "$UV" pip compile pyproject.toml --extra dev "${common[@]}" -o requirements/lock.txt
 "$UV" pip compile pyproject.toml --extra dev --extra cuda12 "${common[@]}" -o requirements/lock-cuda12.txt
 printf 'uv==0.13.10\nopenpi-client==0.1.2\n' | "$UV" pip compile - --no-deps "${common[@]}" -o requirements/tools.txt
-"${PYTHON:-python3}" - <<'PY'
+"${PYTHON:-.venv/bin/python}" - <<'PY'
 import json, re
 from pathlib import Path
-stack = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "lerobot", "torch", "numpy")
+from recap_core.stack import STACK as stack  # the packages `recap --version` and doctor report
 pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", Path("requirements/lock.txt").read_text(), re.M))
 pins = {name.lower().replace("_", "-"): version for name, version in pins.items()}
 missing = [name for name in stack if name not in pins]
